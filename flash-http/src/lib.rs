@@ -308,3 +308,13 @@ pub fn plan_multipart(ranges: &[ByteRange], total: u64, part_type: &str, boundar
     let _ = (ranges, total, part_type, boundary);
     todo!()
 }
+
+/// Normalise a request path (the part of the target before any '?'):
+/// percent-decode, remove dot segments, collapse empty segments. Returns the
+/// relative path ("" for the root) and whether it ended in '/'.
+/// Errors (400): bad escape, NUL (raw or encoded), invalid UTF-8 after
+/// decoding, a ".." that would climb above the root, not starting with '/'.
+pub fn normalize_path(raw: &str) -> Result<(Cow<'_, str>, bool), RequestError> {
+    let _ = raw;
+    todo!()
+}

@@ -1,0 +1,1 @@
+//! Placeholder: the slow-disk FUSE harness goes here.
