@@ -1,5 +1,38 @@
-//! flash-core: the AMPED engine of the flash web server.
+//! flash-core: the engine of the flash web server, after the AMPED
+//! architecture of the Flash paper (Pai, Druschel, Zwaenepoel, 1999).
+//!
+//! One event-driven thread ([`Server`]) does all HTTP work on non-blocking
+//! sockets. Work that may block on the disk — resolving a path, opening and
+//! stat-ing a file, bringing its pages into memory — goes to helper
+//! processes (the `flash-helper` binary) over socketpairs; their replies wake
+//! the loop like any other I/O event. With [`Arch::Sped`] the same engine
+//! does that work inline instead, as the paper's baseline.
+//!
+//! Boundaries: this crate knows nothing of the command line, logging setup or
+//! signals (the binary wires those); HTTP syntax lives in `flash-http`.
+//!
+//! Layout, in the order a request meets it:
+//! - [`server`]: the event loop, accept, timers, completion delivery;
+//! - [`connection`]: the per-connection state machine and the send path;
+//! - [`pool`]: helper processes and their job queue;
+//! - [`protocol`], [`codec`], [`ipc`]: what travels to helpers, and how;
+//! - [`fs`]: confined resolution and prefetch (run by helpers, or inline);
+//! - [`residency`]: which bytes may be sent without waiting on the disk;
+//! - [`file`], [`sys`], [`reactor`]: open files, libc and poller wrappers.
+
 pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod file;
 pub mod fs;
 pub mod ipc;
+pub mod pool;
 pub mod protocol;
+pub mod reactor;
+pub mod residency;
+pub mod server;
+pub mod sys;
+
+pub use config::{Arch, Config};
+pub use fs::SymlinkPolicy;
+pub use server::Server;

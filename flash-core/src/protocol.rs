@@ -1,37 +1,135 @@
-//! API CONTRACT STUB — messages between the main process and a helper.
-//! (The implementer documents each item and keeps names/shapes.)
+//! Messages exchanged between the main process and a disk helper.
+//!
+//! In the AMPED architecture the main process never performs an operation
+//! that may block on the disk; it asks a helper process instead. This module
+//! defines *what* is said on that channel: one request type per direction
+//! ([`ToHelper`], [`FromHelper`]) and the protocol version checked in the
+//! spawn handshake. *How* the messages are framed lives in [`crate::codec`]
+//! (the only module that knows the serialisation format), and *how* frames
+//! and descriptors travel lives in [`crate::ipc`]. The normative description
+//! of the whole exchange is `docs/PROTOCOL.md`.
+//!
+//! Rules the types cannot express:
+//! - exactly one request is outstanding per helper; the helper answers every
+//!   request with exactly one reply carrying the request's `id`;
+//! - [`FromHelper::Resolved`] always carries the opened file as an
+//!   `SCM_RIGHTS` descriptor, [`ToHelper::Prefetch`] always carries the file to
+//!   prefetch; no other message carries a descriptor.
 use serde::{Deserialize, Serialize};
 
 pub use crate::fs::{FileMeta, FsError};
 
 /// Bumped on any incompatible change; checked in the spawn handshake.
+///
+/// The main process kills a helper whose [`FromHelper::Hello`] announces a
+/// different version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Main process -> helper. One outstanding request per helper at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToHelper {
     /// Resolve a normalised relative path (as produced by flash-http) under the root and open it.
-    Resolve { id: u64, path: String, ends_with_slash: bool },
+    ///
+    /// `path` has no leading `/` and no dot segments; `""` is the document
+    /// root. `ends_with_slash` tells whether the request path ended in `/`
+    /// (a directory request: serve its `index.html`). No descriptor attached.
+    /// Answered by `Resolved`, `Redirect` or `Failed`.
+    Resolve {
+        /// Chosen by the main process; echoed in the reply.
+        id: u64,
+        /// Normalised relative path; treated as hostile by the helper anyway.
+        path: String,
+        /// Whether the request path ended in `/`.
+        ends_with_slash: bool,
+    },
     /// Bring bytes `offset..offset+len` of the file passed along (SCM_RIGHTS) into the page cache.
-    Prefetch { id: u64, offset: u64, len: u64 },
+    ///
+    /// A range past end of file is cut short at EOF. Answered by `Prefetched`
+    /// or `Failed` (`Io { errno: EBADF }` when no descriptor was attached).
+    Prefetch {
+        /// Chosen by the main process; echoed in the reply.
+        id: u64,
+        /// First byte of the range.
+        offset: u64,
+        /// Length of the range in bytes.
+        len: u64,
+    },
 }
 
 /// Helper -> main process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromHelper {
     /// First frame after spawn.
-    Hello { version: u32, pid: u32 },
+    ///
+    /// Sent once, before any request is read, after the helper has opened the
+    /// document root: it means "ready". No descriptor attached.
+    Hello {
+        /// The helper's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The helper's process id (for logs and for killing it).
+        pid: u32,
+    },
     /// The open regular file travels with this frame (SCM_RIGHTS).
-    Resolved { id: u64, meta: FileMeta, is_index: bool },
+    ///
+    /// The descriptor is open read-only, close-on-exec, in blocking mode.
+    Resolved {
+        /// The request's id.
+        id: u64,
+        /// `fstat` of the descriptor that travels with this frame.
+        meta: FileMeta,
+        /// True when the request named a directory and this is its `index.html`.
+        is_index: bool,
+    },
     /// A directory named without its trailing slash: answer 301 to path + "/".
-    Redirect { id: u64 },
+    Redirect {
+        /// The request's id.
+        id: u64,
+    },
     /// The requested range is now in the page cache.
-    Prefetched { id: u64 },
-    Failed { id: u64, error: FsError },
+    Prefetched {
+        /// The request's id.
+        id: u64,
+    },
+    /// The request failed; `error` says how the main process should answer.
+    Failed {
+        /// The request's id.
+        id: u64,
+        /// Why: maps to 404, 403, 403/404 (not a regular file) or 500.
+        error: FsError,
+    },
 }
 
 impl FromHelper {
+    /// The id of the request this message answers; `None` for `Hello`,
+    /// which answers no request.
     pub fn id(&self) -> Option<u64> {
-        todo!()
+        match *self {
+            FromHelper::Hello { .. } => None,
+            FromHelper::Resolved { id, .. }
+            | FromHelper::Redirect { id }
+            | FromHelper::Prefetched { id }
+            | FromHelper::Failed { id, .. } => Some(id),
+        }
+    }
+
+    /// Whether this message must arrive with a descriptor attached
+    /// (only `Resolved`).
+    pub fn carries_fd(&self) -> bool {
+        matches!(self, FromHelper::Resolved { .. })
+    }
+}
+
+impl ToHelper {
+    /// The id of this request.
+    pub fn id(&self) -> u64 {
+        match *self {
+            ToHelper::Resolve { id, .. } | ToHelper::Prefetch { id, .. } => id,
+        }
+    }
+
+    /// Whether this message must be sent with a descriptor attached
+    /// (only `Prefetch`).
+    pub fn carries_fd(&self) -> bool {
+        matches!(self, ToHelper::Prefetch { .. })
     }
 }

@@ -1,1 +1,268 @@
-fn main() {}
+//! flash-server: the binary. A thin layer over `flash-core`: it parses the
+//! command line, binds the listeners, drops privileges, wires SIGINT/SIGTERM
+//! to a graceful shutdown, and runs the engine. With no document root it
+//! serves an embedded demo site.
+
+mod demo_site;
+mod process;
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use flash_core::{Arch, Config, Server, SymlinkPolicy};
+
+/// A fast static-file HTTP/1.1 server: one event loop, helper processes for
+/// the disk (the AMPED architecture of the Flash web server).
+#[derive(Parser, Debug)]
+#[command(name = "flash-server", version)]
+struct Cli {
+    /// Directory to serve. Without it, an embedded demo site is served.
+    root: Option<PathBuf>,
+
+    /// Address to listen on (repeatable). Port 0 picks a free port.
+    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: Vec<SocketAddr>,
+
+    /// amped: disk work in helper processes; sped: inline (the baseline).
+    #[arg(long, value_enum, default_value_t = ArchArg::Amped)]
+    arch: ArchArg,
+
+    /// Helper processes (AMPED).
+    #[arg(long, default_value_t = 8)]
+    helpers: usize,
+
+    /// The flash-helper executable [default: next to flash-server].
+    #[arg(long, value_name = "PATH")]
+    helper_path: Option<PathBuf>,
+
+    /// A helper busy longer than this is killed and respawned.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    helper_timeout: Duration,
+
+    /// Disk jobs that may wait for a free helper before requests get 503.
+    #[arg(long, default_value_t = 1024)]
+    helper_queue: usize,
+
+    /// Follow symbolic links only when they stay inside the root, or never.
+    #[arg(long, value_enum, default_value_t = SymlinksArg::WithinRoot)]
+    symlinks: SymlinksArg,
+
+    /// Run as this user after binding (helpers too).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+
+    /// Time a client has to send a request head.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+
+    /// Time an idle keep-alive connection stays open.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Time a response may make no progress before the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    send_timeout: Duration,
+
+    /// Time in-flight responses get to finish on SIGINT/SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Connections served at once; accepting pauses at the limit.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Largest request head in bytes (larger: 431).
+    #[arg(long, value_name = "BYTES", default_value = "16K", value_parser = parse_size)]
+    max_head_bytes: u64,
+
+    /// Most header fields in a request (more: 431).
+    #[arg(long, default_value_t = 64)]
+    max_headers: usize,
+
+    /// Longest request target in bytes (longer: 414).
+    #[arg(long, value_name = "BYTES", default_value = "8K", value_parser = parse_size)]
+    max_target_bytes: u64,
+
+    /// Largest request body read and discarded (larger: 413).
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
+    max_body_bytes: u64,
+
+    /// Memory assumed cached for files whose residency no probe can report.
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
+    residency_budget: u64,
+
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ArchArg {
+    Amped,
+    Sped,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SymlinksArg {
+    WithinRoot,
+    Never,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    process::init_logging(cli.log_level);
+    if let Err(e) = run(cli) {
+        eprintln!("flash-server: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let demo = match &cli.root {
+        Some(_) => None,
+        None => Some(demo_site::DemoSite::create().context("cannot write the demo site")?),
+    };
+    let root = match (&cli.root, &demo) {
+        (Some(root), _) => root.clone(),
+        (None, Some(demo)) => demo.path().to_path_buf(),
+        (None, None) => unreachable!("a demo site exists when no root is given"),
+    };
+    let root = std::fs::canonicalize(&root).with_context(|| format!("document root {}", root.display()))?;
+    if !root.is_dir() {
+        bail!("document root {} is not a directory", root.display());
+    }
+    let helper_path = match &cli.helper_path {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot locate flash-server")?.with_file_name("flash-helper"),
+    };
+    if matches!(cli.arch, ArchArg::Amped) && !helper_path.is_file() {
+        bail!("helper executable {} not found (build it, or pass --helper-path)", helper_path.display());
+    }
+
+    process::raise_descriptor_limit();
+    let listeners = cli
+        .listen
+        .iter()
+        .map(|addr| TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}")))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(user) = &cli.user {
+        process::drop_privileges(user)?;
+    }
+    let shutdown = shutdown_on_signals()?;
+
+    let mut config = Config::new(root, helper_path);
+    config.arch = match cli.arch {
+        ArchArg::Amped => Arch::Amped,
+        ArchArg::Sped => Arch::Sped,
+    };
+    config.symlinks = match cli.symlinks {
+        SymlinksArg::WithinRoot => SymlinkPolicy::WithinRoot,
+        SymlinksArg::Never => SymlinkPolicy::Never,
+    };
+    config.helpers = cli.helpers.max(1);
+    config.helper_timeout = cli.helper_timeout;
+    config.helper_queue = cli.helper_queue;
+    config.header_timeout = cli.header_timeout;
+    config.idle_timeout = cli.idle_timeout;
+    config.send_timeout = cli.send_timeout;
+    config.shutdown_timeout = cli.shutdown_timeout;
+    config.max_connections = cli.max_connections.max(1);
+    config.residency_budget = cli.residency_budget;
+    config.limits = flash_http::Limits {
+        max_head_bytes: usize::try_from(cli.max_head_bytes).unwrap_or(usize::MAX),
+        max_headers: cli.max_headers,
+        max_target_bytes: usize::try_from(cli.max_target_bytes).unwrap_or(usize::MAX),
+        max_discard_body: cli.max_body_bytes,
+    };
+
+    let addrs: Vec<SocketAddr> = listeners.iter().map(TcpListener::local_addr).collect::<std::io::Result<_>>()?;
+    let server = Server::new(config, listeners, Some(shutdown)).context("cannot start the server")?;
+    let what = if demo.is_some() { "the demo site".to_string() } else { server_root_display(&cli) };
+    log::info!(
+        "serving {what} ({}, {} helper process(es))",
+        match cli.arch {
+            ArchArg::Amped => "AMPED",
+            ArchArg::Sped => "SPED",
+        },
+        server.helper_pids().len()
+    );
+    for addr in &addrs {
+        println!("listening on http://{addr}");
+    }
+    server.run().context("event loop failed")?;
+    drop(demo);
+    Ok(())
+}
+
+fn server_root_display(cli: &Cli) -> String {
+    cli.root.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// A socket that becomes readable on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> Result<OwnedFd> {
+    let (read_end, write_end) = UnixStream::pair()?;
+    write_end.set_nonblocking(true)?;
+    let write_end = write_end.try_clone()?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write_end.try_clone()?)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write_end)?;
+    Ok(OwnedFd::from(read_end))
+}
+
+fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
+    text.parse().map_err(|_| format!("invalid log level: {text} (error, warn, info, debug, trace, off)"))
+}
+
+/// "10s", "500ms", "2m", "1h"; a bare number is seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("invalid duration: {text}"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration unit in {text} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration: {text}"))
+}
+
+/// "16384", "16K", "1M", "2G" (binary multiples).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, shift) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    let value: u64 = number.parse().map_err(|_| format!("invalid size: {text}"))?;
+    value.checked_mul(1 << shift).ok_or_else(|| format!("size too large: {text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert_eq!(parse_size("16K"), Ok(16384));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,67 @@
+//! Engine configuration: what the binary decides and the engine obeys.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::fs::SymlinkPolicy;
+
+/// Which architecture of the paper the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Event loop plus helper processes for all disk work (the default).
+    Amped,
+    /// Event loop doing disk work inline: the comparison baseline, which
+    /// stalls every client while it waits on the disk.
+    Sped,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Document root.
+    pub root: PathBuf,
+    pub arch: Arch,
+    pub symlinks: SymlinkPolicy,
+    /// Helper processes (AMPED).
+    pub helpers: usize,
+    /// The `flash-helper` executable.
+    pub helper_path: PathBuf,
+    /// Jobs that may wait for a helper before new requests get 503.
+    pub helper_queue: usize,
+    /// A helper busy longer than this is killed; a job queued longer gets 503.
+    pub helper_timeout: Duration,
+    /// Time a client has to send a complete request head.
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// Time a response may go without progress.
+    pub send_timeout: Duration,
+    /// Time in-flight responses get to finish after a shutdown request.
+    pub shutdown_timeout: Duration,
+    /// Connections served at once; accepting pauses at the limit.
+    pub max_connections: usize,
+    /// Memory the residency model may assume cached when no truthful probe exists.
+    pub residency_budget: u64,
+    pub limits: flash_http::Limits,
+}
+
+impl Config {
+    /// Defaults for everything but the root and helper path.
+    pub fn new(root: PathBuf, helper_path: PathBuf) -> Config {
+        Config {
+            root,
+            arch: Arch::Amped,
+            symlinks: SymlinkPolicy::WithinRoot,
+            helpers: 4,
+            helper_path,
+            helper_queue: 1024,
+            helper_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            residency_budget: 256 << 20,
+            limits: flash_http::Limits::default(),
+        }
+    }
+}

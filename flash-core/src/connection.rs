@@ -1,0 +1,604 @@
+//! One client connection: a state machine driven by readiness events and by
+//! completions of the two asynchronous steps, "find the file" and "make the
+//! bytes ready".
+//!
+//! ```text
+//!  Reading --head parsed--> Resolving --lookup done--> Sending --all sent--> Reading (keep-alive)
+//!     |                        (inline in SPED)          |  ^                  \-> Lingering -> closed
+//!     \--bad request--> Sending (error page, close)      v  |
+//!                                             AwaitingPages (helper prefetch, AMPED)
+//! ```
+//!
+//! The request head stays in the read buffer until its response is built,
+//! so a lookup that completes later re-parses it instead of copying it.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::mem;
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use flash_http::{
+    content_type, parse_request, plan_multipart, select, write_error_response, ErrorExtra, Method, Parse, Request, RequestError,
+    ResponseHead, Segment, Selection, Status, Validators,
+};
+use log::{debug, warn};
+
+use crate::file::OpenFile;
+use crate::fs::FsError;
+use crate::pool::Waiter;
+use crate::server::Ctx;
+use crate::sys;
+
+/// Bodies up to this size leave with their head in one `writev`.
+const SMALL_BODY: u64 = 32 * 1024;
+/// First allocation of a connection's read buffer.
+const READ_CHUNK: usize = 4096;
+/// How long a closing connection drains what the client still sends, so the
+/// final response is not destroyed by a TCP reset.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Result of finding a file, from a helper or inline.
+pub enum Lookup {
+    File { file: Rc<OpenFile>, is_index: bool },
+    Redirect,
+    Failed(FsError),
+    Unavailable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Reading,
+    Resolving,
+    Sending,
+    AwaitingPages,
+    Lingering,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Keep,
+    Close,
+}
+
+enum Step {
+    Continue,
+    Wait,
+    Close,
+}
+
+/// The file part of a response: the current range, and what follows it
+/// (multipart literals and ranges).
+struct Body {
+    file: Rc<OpenFile>,
+    pos: u64,
+    end: u64,
+    /// Bytes before this offset are known resident (or need no check).
+    ready_until: u64,
+    rest: VecDeque<Segment>,
+}
+
+pub struct Connection {
+    socket: TcpStream,
+    pub serial: u64,
+    state: State,
+    /// Fully initialised; `read_start..read_end` holds unconsumed bytes.
+    read_buf: Vec<u8>,
+    read_start: usize,
+    read_end: usize,
+    /// The response head (or a whole small response) not yet sent.
+    write_buf: Vec<u8>,
+    write_pos: usize,
+    body: Option<Body>,
+    /// Request-body bytes still to skip.
+    discard: u64,
+    keep_alive: bool,
+    /// Some byte of the current response has left.
+    response_started: bool,
+    /// Bytes of a request not yet complete have arrived (header timeout runs).
+    request_begun: bool,
+    readable: bool,
+    writable: bool,
+    pub deadline: Option<Instant>,
+    last_active: Instant,
+}
+
+impl Connection {
+    pub fn new(socket: TcpStream, serial: u64, now: Instant, header_deadline: Instant) -> Connection {
+        Connection {
+            socket,
+            serial,
+            state: State::Reading,
+            read_buf: Vec::new(),
+            read_start: 0,
+            read_end: 0,
+            write_buf: Vec::new(),
+            write_pos: 0,
+            body: None,
+            discard: 0,
+            keep_alive: true,
+            response_started: false,
+            request_begun: false,
+            readable: false,
+            writable: true,
+            deadline: Some(header_deadline),
+            last_active: now,
+        }
+    }
+
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// Records readiness reported by the (edge-triggered) poller.
+    pub fn on_ready(&mut self, readable: bool, writable: bool) {
+        self.readable |= readable;
+        self.writable |= writable;
+    }
+
+    /// Idle: between requests, nothing buffered, nothing owed.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Reading && !self.request_begun && self.read_start == self.read_end
+    }
+
+    /// Gives back buffer memory of a connection idle since `before`, so idle
+    /// keep-alive connections cost almost nothing.
+    pub fn release_buffers_if_idle(&mut self, before: Instant) {
+        if self.is_idle() && self.last_active < before && self.read_buf.capacity() + self.write_buf.capacity() > 0 {
+            self.read_buf = Vec::new();
+            self.write_buf = Vec::new();
+            self.read_start = 0;
+            self.read_end = 0;
+            self.write_pos = 0;
+        }
+    }
+
+    /// Runs the state machine as far as readiness and completions allow.
+    pub fn drive(&mut self, me: Waiter, ctx: &mut Ctx) -> Flow {
+        loop {
+            let step = match self.state {
+                State::Reading => self.read_step(me, ctx),
+                State::Sending => self.send_step(me, ctx),
+                State::Resolving | State::AwaitingPages => Step::Wait,
+                State::Lingering => self.linger_step(),
+            };
+            match step {
+                Step::Continue => continue,
+                Step::Wait => return Flow::Keep,
+                Step::Close => return Flow::Close,
+            }
+        }
+    }
+
+    /// A deadline passed.
+    pub fn on_timeout(&mut self, ctx: &mut Ctx) -> Flow {
+        self.deadline = None;
+        if self.state == State::Reading && self.request_begun && !self.response_started {
+            debug!("request head timeout");
+            self.respond_error(ctx, Status::REQUEST_TIMEOUT, ErrorExtra::None, false);
+            self.keep_alive = false;
+            self.deadline = Some(ctx.now + ctx.config.send_timeout.min(LINGER));
+            return Flow::Keep;
+        }
+        Flow::Close
+    }
+
+    // ---- reading and parsing -------------------------------------------
+
+    fn read_step(&mut self, me: Waiter, ctx: &mut Ctx) -> Step {
+        if self.discard > 0 {
+            let skipped = self.discard.min((self.read_end - self.read_start) as u64);
+            self.read_start += skipped as usize;
+            self.discard -= skipped;
+            if self.discard > 0 {
+                return self.fill(ctx);
+            }
+        }
+        if self.read_start < self.read_end {
+            // Parse from a buffer taken out of `self`, so the request can
+            // borrow it while the response is written into `self`.
+            let buf = mem::take(&mut self.read_buf);
+            let step = match parse_request(&buf[self.read_start..self.read_end], &ctx.config.limits) {
+                Ok(Parse::Complete(req)) => Some(self.on_request(me, ctx, &req)),
+                Ok(Parse::Partial) => None,
+                Err(e) => Some(self.on_bad_request(ctx, e)),
+            };
+            self.read_buf = buf;
+            if let Some(step) = step {
+                return step;
+            }
+        }
+        self.fill(ctx)
+    }
+
+    /// Reads more bytes into the buffer.
+    fn fill(&mut self, ctx: &mut Ctx) -> Step {
+        if !self.readable {
+            return Step::Wait;
+        }
+        if self.read_start == self.read_end {
+            self.read_start = 0;
+            self.read_end = 0;
+        } else if self.read_end == self.read_buf.len() && self.read_start > 0 {
+            self.read_buf.copy_within(self.read_start..self.read_end, 0);
+            self.read_end -= self.read_start;
+            self.read_start = 0;
+        }
+        if self.read_end == self.read_buf.len() {
+            // Grow up to a little over the head limit: the parser reports an
+            // oversized head before the buffer would need more.
+            let cap = ctx.config.limits.max_head_bytes + READ_CHUNK;
+            let new_len = (self.read_buf.len() * 2).clamp(READ_CHUNK, cap.max(READ_CHUNK));
+            if new_len <= self.read_buf.len() {
+                // Only a discard can get here with a full buffer: drop it all.
+                self.read_start = 0;
+                self.read_end = 0;
+            } else {
+                self.read_buf.resize(new_len, 0);
+            }
+        }
+        match self.socket.read(&mut self.read_buf[self.read_end..]) {
+            Ok(0) => Step::Close,
+            Ok(n) => {
+                self.read_end += n;
+                if !self.request_begun && self.discard == 0 {
+                    self.request_begun = true;
+                    self.deadline = Some(ctx.now + ctx.config.header_timeout);
+                }
+                Step::Continue
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = false;
+                Step::Wait
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Continue,
+            Err(_) => Step::Close,
+        }
+    }
+
+    fn on_bad_request(&mut self, ctx: &mut Ctx, error: RequestError) -> Step {
+        debug!("bad request: {error:?}");
+        // The stream cannot be resynchronised: answer, then close.
+        self.read_start = self.read_end;
+        self.respond_error(ctx, error.status(), ErrorExtra::None, false);
+        self.keep_alive = false;
+        Step::Continue
+    }
+
+    fn on_request(&mut self, me: Waiter, ctx: &mut Ctx, req: &Request<'_>) -> Step {
+        self.request_begun = false;
+        self.deadline = None;
+        match req.method {
+            Method::Get | Method::Head if !req.asterisk => match ctx.lookup(me, &req.path, req.ends_with_slash) {
+                Some(found) => self.respond(ctx, req, found),
+                None => {
+                    // The head stays buffered until the helper answers.
+                    self.state = State::Resolving;
+                    return Step::Wait;
+                }
+            },
+            Method::Options => self.respond_simple(ctx, req, Status::NO_CONTENT, ErrorExtra::Allow),
+            Method::NotAllowed => self.respond_simple(ctx, req, Status::METHOD_NOT_ALLOWED, ErrorExtra::Allow),
+            Method::Get | Method::Head => self.respond_simple(ctx, req, Status::BAD_REQUEST, ErrorExtra::None),
+        }
+        Step::Continue
+    }
+
+    /// The helper (or inline resolver) found the file for the buffered request.
+    pub fn on_lookup(&mut self, ctx: &mut Ctx, found: Lookup) {
+        if self.state != State::Resolving {
+            return;
+        }
+        let buf = mem::take(&mut self.read_buf);
+        match parse_request(&buf[self.read_start..self.read_end], &ctx.config.limits) {
+            Ok(Parse::Complete(req)) => self.respond(ctx, &req, found),
+            _ => {
+                // Cannot happen: the same bytes parsed before.
+                self.respond_error(ctx, Status::INTERNAL_SERVER_ERROR, ErrorExtra::None, false);
+                self.keep_alive = false;
+            }
+        }
+        self.read_buf = buf;
+    }
+
+    /// A helper brought the pages up to `until` into memory.
+    pub fn on_pages_ready(&mut self, until: u64) {
+        if self.state != State::AwaitingPages {
+            return;
+        }
+        if let Some(body) = &mut self.body {
+            // Trust the helper for this window without asking again: a file
+            // truncated meanwhile then ends the send instead of looping.
+            body.ready_until = body.ready_until.max(until);
+        }
+        self.state = State::Sending;
+    }
+
+    /// A prefetch could not be done.
+    pub fn on_pages_failed(&mut self, ctx: &mut Ctx) -> Flow {
+        if self.state != State::AwaitingPages {
+            return Flow::Keep;
+        }
+        if self.response_started {
+            return Flow::Close;
+        }
+        self.write_buf.clear();
+        self.write_pos = 0;
+        self.body = None;
+        self.keep_alive = false;
+        self.respond_error(ctx, Status::SERVICE_UNAVAILABLE, ErrorExtra::None, false);
+        Flow::Keep
+    }
+
+    // ---- building responses --------------------------------------------
+
+    /// Consumes the head (and schedules the body discard) of the request now answered.
+    fn consume_request(&mut self, req: &Request<'_>) {
+        self.read_start += req.head_len;
+        self.discard = req.body_len;
+        self.state = State::Sending;
+    }
+
+    fn respond_simple(&mut self, ctx: &mut Ctx, req: &Request<'_>, status: Status, extra: ErrorExtra<'_>) {
+        self.keep_alive = req.keep_alive && !ctx.shutting_down;
+        self.respond_error(ctx, status, extra, req.method == Method::Head);
+        self.consume_request(req);
+    }
+
+    fn respond_error(&mut self, ctx: &mut Ctx, status: Status, extra: ErrorExtra<'_>, head_only: bool) {
+        let date = ctx.date.get(ctx.wall);
+        write_error_response(&mut self.write_buf, status, date, self.keep_alive, extra, head_only);
+        self.state = State::Sending;
+    }
+
+    fn respond(&mut self, ctx: &mut Ctx, req: &Request<'_>, found: Lookup) {
+        self.keep_alive = req.keep_alive && !ctx.shutting_down;
+        let head_only = req.method == Method::Head;
+        match found {
+            Lookup::File { file, is_index } => {
+                let ctype = content_type(if is_index { "index.html" } else { &req.path });
+                self.respond_file(ctx, req, file, ctype);
+            }
+            Lookup::Redirect => {
+                let mut location = String::with_capacity(req.path.len() + 2);
+                location.push('/');
+                push_percent_encoded(&mut location, &req.path);
+                location.push('/');
+                self.respond_error(ctx, Status::MOVED_PERMANENTLY, ErrorExtra::Location(&location), head_only);
+            }
+            Lookup::Failed(error) => {
+                let status = match error {
+                    FsError::NotFound => Status::NOT_FOUND,
+                    FsError::Forbidden | FsError::NotAFile => Status::FORBIDDEN,
+                    FsError::Io { errno } => {
+                        warn!("I/O error {errno} on /{}", req.path);
+                        Status::INTERNAL_SERVER_ERROR
+                    }
+                };
+                self.respond_error(ctx, status, ErrorExtra::None, head_only);
+            }
+            Lookup::Unavailable => self.respond_error(ctx, Status::SERVICE_UNAVAILABLE, ErrorExtra::None, head_only),
+        }
+        self.consume_request(req);
+    }
+
+    fn respond_file(&mut self, ctx: &mut Ctx, req: &Request<'_>, file: Rc<OpenFile>, ctype: &'static str) {
+        let len = file.len();
+        let validators = Validators { len, mtime_secs: file.mtime_secs(), etag: file.etag.as_str() };
+        let selection = select(req, &validators);
+        let (status, range) = match &selection {
+            Selection::Full => (Status::OK, 0..len),
+            Selection::Single(r) => (Status::PARTIAL_CONTENT, r.start..r.end),
+            Selection::Multi(_) => (Status::PARTIAL_CONTENT, 0..0),
+            Selection::NotModified => (Status::NOT_MODIFIED, 0..0),
+            Selection::PreconditionFailed => {
+                return self.respond_error(ctx, Status::PRECONDITION_FAILED, ErrorExtra::None, req.method == Method::Head)
+            }
+            Selection::Unsatisfiable => {
+                return self.respond_error(ctx, Status::RANGE_NOT_SATISFIABLE, ErrorExtra::UnsatisfiedRange(len), req.method == Method::Head)
+            }
+        };
+        let multipart = match &selection {
+            Selection::Multi(ranges) => Some(plan_multipart(ranges, len, ctype, &boundary(self.serial, len))),
+            _ => None,
+        };
+        let date = ctx.date.get(ctx.wall);
+        let mut head = ResponseHead::new(&mut self.write_buf, status, date);
+        match (&selection, &multipart) {
+            (Selection::NotModified, _) => {}
+            (_, Some(plan)) => {
+                head.header("Content-Type", &plan.content_type).content_length(plan.content_length);
+            }
+            (Selection::Single(r), None) => {
+                head.header("Content-Type", ctype).content_range(*r, len).content_length(r.end - r.start);
+            }
+            _ => {
+                head.header("Content-Type", ctype).content_length(len);
+            }
+        }
+        head.last_modified(file.mtime_secs())
+            .header("ETag", file.etag.as_str())
+            .header("Accept-Ranges", "bytes")
+            .connection(self.keep_alive);
+        head.finish();
+        if req.method == Method::Head || status == Status::NOT_MODIFIED {
+            return;
+        }
+        let rest = multipart.map(|plan| plan.segments.into()).unwrap_or_default();
+        if range.start < range.end || !VecDeque::is_empty(&rest) {
+            let ready_until = if ctx.checks_residency() { 0 } else { u64::MAX };
+            self.body = Some(Body { file, pos: range.start, end: range.end, ready_until, rest });
+        }
+    }
+
+    // ---- sending -------------------------------------------------------
+
+    fn send_step(&mut self, me: Waiter, ctx: &mut Ctx) -> Step {
+        let head_pending = self.write_pos < self.write_buf.len();
+        if let Some(body) = &mut self.body {
+            if body.pos < body.end {
+                if body.pos >= body.ready_until {
+                    let until = ctx.resident_until(&body.file, body.pos, body.end);
+                    if until > body.pos {
+                        body.ready_until = until;
+                    } else {
+                        return match ctx.prefetch(me, &body.file, body.pos) {
+                            true => {
+                                self.state = State::AwaitingPages;
+                                self.deadline = None;
+                                Step::Wait
+                            }
+                            false => match self.on_pages_failed_now(ctx) {
+                                Flow::Keep => Step::Continue,
+                                Flow::Close => Step::Close,
+                            },
+                        };
+                    }
+                }
+                if !self.writable {
+                    return Step::Wait;
+                }
+                let send_end = body.end.min(body.ready_until);
+                let sock = self.socket.as_fd();
+                let result = if head_pending {
+                    let head = &self.write_buf[self.write_pos..];
+                    let small = send_end - body.pos <= SMALL_BODY && body.rest.is_empty();
+                    match body.file.region(body.pos, send_end).filter(|_| small) {
+                        Some(region) => sys::writev2(sock, head, region).map(|n| {
+                            let from_head = n.min(head.len());
+                            self.write_pos += from_head;
+                            body.pos += (n - from_head) as u64;
+                            n
+                        }),
+                        None => sys::send(sock, head, true).inspect(|&n| self.write_pos += n),
+                    }
+                } else {
+                    let count = (send_end - body.pos) as usize;
+                    match sys::sendfile(sock, body.file.fd(), &mut body.pos, count) {
+                        Ok(0) => {
+                            warn!("file shrank while being sent; closing the connection");
+                            return Step::Close;
+                        }
+                        other => other,
+                    }
+                };
+                return self.after_write(ctx, result);
+            }
+            if !head_pending {
+                match body.rest.pop_front() {
+                    Some(Segment::Literal(bytes)) => {
+                        self.write_buf = bytes;
+                        self.write_pos = 0;
+                    }
+                    Some(Segment::File(r)) => {
+                        body.pos = r.start;
+                        body.end = r.end;
+                    }
+                    None => self.body = None,
+                }
+                return Step::Continue;
+            }
+        }
+        if head_pending {
+            if !self.writable {
+                return Step::Wait;
+            }
+            let more = self.body.is_some();
+            let result = sys::send(self.socket.as_fd(), &self.write_buf[self.write_pos..], more);
+            if let Ok(n) = result {
+                self.write_pos += n;
+            }
+            return self.after_write(ctx, result);
+        }
+        self.finish_response(ctx)
+    }
+
+    fn on_pages_failed_now(&mut self, ctx: &mut Ctx) -> Flow {
+        self.state = State::AwaitingPages;
+        self.on_pages_failed(ctx)
+    }
+
+    fn after_write(&mut self, ctx: &mut Ctx, result: io::Result<usize>) -> Step {
+        match result {
+            Ok(_) => {
+                self.response_started = true;
+                self.deadline = Some(ctx.now + ctx.config.send_timeout);
+                Step::Continue
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                Step::Wait
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Continue,
+            Err(e) => {
+                debug!("send failed: {e}");
+                Step::Close
+            }
+        }
+    }
+
+    fn finish_response(&mut self, ctx: &mut Ctx) -> Step {
+        self.write_buf.clear();
+        self.write_pos = 0;
+        self.body = None;
+        self.response_started = false;
+        self.last_active = ctx.now;
+        if !self.keep_alive || ctx.shutting_down {
+            sys::shutdown_write(self.socket.as_fd());
+            self.state = State::Lingering;
+            self.deadline = Some(ctx.now + LINGER);
+            return Step::Continue;
+        }
+        self.state = State::Reading;
+        self.request_begun = self.read_start < self.read_end;
+        self.deadline = Some(ctx.now + if self.request_begun { ctx.config.header_timeout } else { ctx.config.idle_timeout });
+        Step::Continue
+    }
+
+    fn linger_step(&mut self) -> Step {
+        let mut sink = [0u8; 1024];
+        loop {
+            match self.socket.read(&mut sink) {
+                Ok(0) => return Step::Close,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Step::Close,
+            }
+        }
+    }
+}
+
+/// A multipart boundary unlikely to occur in the file.
+fn boundary(serial: u64, len: u64) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mix = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len.rotate_left(17) ^ u64::from(nanos);
+    format!("flash-{mix:016x}")
+}
+
+/// Percent-encodes a decoded path for a `Location` header.
+fn push_percent_encoded(out: &mut String, path: &str) {
+    for &b in path.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_percent_encoded;
+
+    #[test]
+    fn location_is_percent_encoded() {
+        let mut out = String::new();
+        push_percent_encoded(&mut out, "a b/ü?#");
+        assert_eq!(out, "a%20b/%C3%BC%3F%23");
+    }
+}

@@ -1,0 +1,411 @@
+//! The helper pool: the helper processes that do the disk work for the main
+//! process (AMPED), and the jobs waiting for them.
+//!
+//! - Each helper handles one job at a time, over its own SOCK_SEQPACKET
+//!   socketpair, registered in the main loop like any other socket.
+//! - Jobs wait in a bounded FIFO queue when every helper is busy; a full
+//!   queue refuses new work (the caller answers 503).
+//! - Identical outstanding jobs are coalesced: two clients asking for the
+//!   same cold file cost one disk operation.
+//! - Path resolution and prefetch compete for helpers, but prefetches may
+//!   occupy at most `helpers - reserved` slots, so a burst of cold reads never
+//!   stops the server from resolving paths of cached files (the paper's
+//!   separate pathname-translation helpers).
+//! - A helper that hangs up, sends a malformed frame, or overruns its
+//!   deadline is killed and respawned; its job is retried once if the helper
+//!   crashed on its own, else its waiters get `Outcome::Unavailable`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use polling::{Event, Poller};
+
+use crate::codec;
+use crate::file::OpenFile;
+use crate::fs::{FileMeta, FsError, SymlinkPolicy};
+use crate::ipc;
+use crate::protocol::{FromHelper, ToHelper, PROTOCOL_VERSION};
+use crate::reactor;
+use crate::sys;
+
+/// Who is waiting for a job: a connection slot and its serial number (a slot
+/// reused by a later connection has another serial, so stale results are dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiter {
+    pub conn: usize,
+    pub serial: u64,
+}
+
+pub enum JobKind {
+    Resolve { path: String, ends_with_slash: bool },
+    Prefetch { file: Rc<OpenFile>, offset: u64, len: u64 },
+}
+
+/// What a finished job produced.
+pub enum Outcome {
+    Resolved { fd: OwnedFd, meta: FileMeta, is_index: bool },
+    Redirect,
+    Prefetched { file: Rc<OpenFile>, offset: u64, len: u64 },
+    Failed(FsError),
+    /// No helper could do it (crashed twice, hung, garbage, queue timeout).
+    Unavailable,
+}
+
+pub struct Completion {
+    pub waiters: Vec<Waiter>,
+    pub outcome: Outcome,
+}
+
+/// Refused: the queue is full.
+#[derive(Debug)]
+pub struct QueueFull;
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub helper_path: PathBuf,
+    pub root: PathBuf,
+    pub symlinks: SymlinkPolicy,
+    pub helpers: usize,
+    pub max_queue: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum JobKey {
+    Resolve(String, bool),
+    Prefetch { dev: u64, ino: u64, offset: u64 },
+}
+
+struct Job {
+    kind: JobKind,
+    waiters: Vec<Waiter>,
+    crashes: u8,
+    queued_at: Instant,
+}
+
+impl Job {
+    fn key(&self) -> JobKey {
+        match &self.kind {
+            JobKind::Resolve { path, ends_with_slash } => JobKey::Resolve(path.clone(), *ends_with_slash),
+            JobKind::Prefetch { file, offset, .. } => JobKey::Prefetch { dev: file.meta.dev, ino: file.meta.ino, offset: *offset },
+        }
+    }
+
+    fn is_prefetch(&self) -> bool {
+        matches!(self.kind, JobKind::Prefetch { .. })
+    }
+}
+
+enum SlotState {
+    /// Not running; respawn at the instant given.
+    Down { respawn_at: Instant },
+    /// Spawned, waiting for its Hello.
+    Starting { deadline: Instant },
+    Idle,
+    Busy { job: u64, deadline: Instant },
+}
+
+struct Slot {
+    state: SlotState,
+    process: Option<(Child, OwnedFd)>,
+}
+
+pub struct HelperPool {
+    config: PoolConfig,
+    key_base: usize,
+    slots: Vec<Slot>,
+    jobs: HashMap<u64, Job>,
+    by_key: HashMap<JobKey, u64>,
+    queue: VecDeque<u64>,
+    next_id: u64,
+    max_busy_prefetch: usize,
+    /// Killed helpers not yet reaped.
+    zombies: Vec<Child>,
+    frame: Vec<u8>,
+    recv_buf: Vec<u8>,
+}
+
+impl HelperPool {
+    /// Spawns the helpers; their sockets get poller keys `key_base + slot`.
+    pub fn start(config: PoolConfig, poller: &Poller, key_base: usize) -> io::Result<HelperPool> {
+        let helpers = config.helpers.max(1);
+        let reserved = if helpers == 1 { 0 } else { (helpers / 4).max(1) };
+        let mut pool = HelperPool {
+            slots: (0..helpers)
+                .map(|_| Slot { state: SlotState::Down { respawn_at: Instant::now() }, process: None })
+                .collect(),
+            config,
+            key_base,
+            jobs: HashMap::new(),
+            by_key: HashMap::new(),
+            queue: VecDeque::new(),
+            next_id: 1,
+            max_busy_prefetch: helpers - reserved,
+            zombies: Vec::new(),
+            frame: Vec::with_capacity(256),
+            recv_buf: vec![0; codec::MAX_FRAME],
+        };
+        for slot in 0..helpers {
+            // At start a helper that cannot be spawned is a configuration error.
+            pool.spawn(slot, poller)?;
+        }
+        Ok(pool)
+    }
+
+    /// Process ids of the running helpers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.slots.iter().filter_map(|s| s.process.as_ref().map(|(c, _)| c.id())).collect()
+    }
+
+    /// Queues a job (or joins an identical one in flight).
+    pub fn submit(&mut self, kind: JobKind, waiter: Waiter, poller: &Poller, done: &mut Vec<Completion>) -> Result<(), QueueFull> {
+        let job = Job { kind, waiters: vec![waiter], crashes: 0, queued_at: Instant::now() };
+        let key = job.key();
+        if let Some(id) = self.by_key.get(&key) {
+            if let Some(existing) = self.jobs.get_mut(id) {
+                existing.waiters.push(waiter);
+                return Ok(());
+            }
+        }
+        if self.queue.len() >= self.config.max_queue {
+            return Err(QueueFull);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_key.insert(key, id);
+        self.jobs.insert(id, job);
+        self.queue.push_back(id);
+        self.dispatch(poller, done);
+        Ok(())
+    }
+
+    /// Hands queued jobs to idle helpers.
+    fn dispatch(&mut self, poller: &Poller, done: &mut Vec<Completion>) {
+        while !self.queue.is_empty() {
+            let Some(slot) = self.slots.iter().position(|s| matches!(s.state, SlotState::Idle)) else { return };
+            let busy_prefetch = self
+                .slots
+                .iter()
+                .filter(|s| matches!(s.state, SlotState::Busy { job, .. } if self.jobs.get(&job).is_some_and(Job::is_prefetch)))
+                .count();
+            let may_prefetch = busy_prefetch < self.max_busy_prefetch;
+            let Some(pos) = self.queue.iter().position(|id| may_prefetch || !self.jobs[id].is_prefetch()) else { return };
+            let Some(id) = self.queue.remove(pos) else { return };
+            if let Err(e) = self.send_job(slot, id) {
+                warn!("helper {slot}: send failed ({e}); restarting it");
+                self.queue.push_front(id);
+                self.retire(slot, poller, done, false);
+            }
+        }
+    }
+
+    fn send_job(&mut self, slot: usize, id: u64) -> io::Result<()> {
+        let job = &self.jobs[&id];
+        let (_, sock) = self.slots[slot].process.as_ref().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        self.frame.clear();
+        let fd = match &job.kind {
+            JobKind::Resolve { path, ends_with_slash } => {
+                codec::encode(&ToHelper::Resolve { id, path: path.clone(), ends_with_slash: *ends_with_slash }, &mut self.frame);
+                None
+            }
+            JobKind::Prefetch { file, offset, len } => {
+                codec::encode(&ToHelper::Prefetch { id, offset: *offset, len: *len }, &mut self.frame);
+                Some(file.fd())
+            }
+        };
+        // One outstanding message per helper, so the socket buffer never fills.
+        ipc::send_message(sock.as_fd(), &self.frame, fd)?;
+        self.slots[slot].state = SlotState::Busy { job: id, deadline: Instant::now() + self.config.timeout };
+        Ok(())
+    }
+
+    /// The socket of helper `key - key_base` is readable (a reply or a hang-up).
+    pub fn on_event(&mut self, key: usize, poller: &Poller, done: &mut Vec<Completion>) {
+        let Some(slot) = key.checked_sub(self.key_base).filter(|&s| s < self.slots.len()) else { return };
+        loop {
+            let Some((_, sock)) = self.slots[slot].process.as_ref() else { return };
+            match ipc::recv_message(sock.as_fd(), &mut self.recv_buf) {
+                Ok(Some((len, fd))) => {
+                    if let Err(why) = self.on_message(slot, len, fd, done) {
+                        warn!("helper {slot}: {why}; killing it");
+                        self.retire(slot, poller, done, false);
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    warn!("helper {slot} exited; respawning it");
+                    self.retire(slot, poller, done, true);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("helper {slot}: {e}; killing it");
+                    self.retire(slot, poller, done, false);
+                    break;
+                }
+            }
+        }
+        self.dispatch(poller, done);
+    }
+
+    fn on_message(&mut self, slot: usize, len: usize, fd: Option<OwnedFd>, done: &mut Vec<Completion>) -> Result<(), String> {
+        let msg: FromHelper = codec::decode(&self.recv_buf[..len]).map_err(|e| format!("malformed frame ({e:?})"))?;
+        match (&self.slots[slot].state, msg) {
+            (SlotState::Starting { .. }, FromHelper::Hello { version, pid }) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(format!("protocol version {version}, expected {PROTOCOL_VERSION}"));
+                }
+                debug!("helper {slot} (pid {pid}) ready");
+                self.slots[slot].state = SlotState::Idle;
+                Ok(())
+            }
+            (&SlotState::Busy { job, .. }, reply) if reply.id() == Some(job) => {
+                let job = self.take_job(job).ok_or("reply for an unknown job")?;
+                let outcome = match (reply, job.kind, fd) {
+                    (FromHelper::Resolved { meta, is_index, .. }, JobKind::Resolve { .. }, Some(fd)) => {
+                        Outcome::Resolved { fd, meta, is_index }
+                    }
+                    (FromHelper::Redirect { .. }, JobKind::Resolve { .. }, None) => Outcome::Redirect,
+                    (FromHelper::Prefetched { .. }, JobKind::Prefetch { file, offset, len }, None) => {
+                        Outcome::Prefetched { file, offset, len }
+                    }
+                    (FromHelper::Failed { error, .. }, _, None) => Outcome::Failed(error),
+                    _ => {
+                        // The job is gone; its waiters must still get an answer.
+                        done.push(Completion { waiters: job.waiters, outcome: Outcome::Unavailable });
+                        return Err("reply does not match its request".into());
+                    }
+                };
+                done.push(Completion { waiters: job.waiters, outcome });
+                self.slots[slot].state = SlotState::Idle;
+                Ok(())
+            }
+            (_, other) => Err(format!("unexpected message {other:?}")),
+        }
+    }
+
+    fn take_job(&mut self, id: u64) -> Option<Job> {
+        let job = self.jobs.remove(&id)?;
+        self.by_key.remove(&job.key());
+        Some(job)
+    }
+
+    /// Kills helper `slot`, answers or requeues its job, and respawns it.
+    fn retire(&mut self, slot: usize, poller: &Poller, done: &mut Vec<Completion>, crashed: bool) {
+        if let Some((mut child, sock)) = self.slots[slot].process.take() {
+            reactor::deregister(poller, sock.as_fd());
+            drop(sock);
+            let _ = child.kill();
+            match child.try_wait() {
+                Ok(Some(_)) => {}
+                _ => self.zombies.push(child),
+            }
+        }
+        if let SlotState::Busy { job, .. } = self.slots[slot].state {
+            let retry = crashed && self.jobs.get(&job).is_some_and(|j| j.crashes == 0);
+            if retry {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    j.crashes += 1;
+                }
+                self.queue.push_front(job);
+            } else if let Some(j) = self.take_job(job) {
+                done.push(Completion { waiters: j.waiters, outcome: Outcome::Unavailable });
+            }
+        }
+        self.slots[slot].state = SlotState::Down { respawn_at: Instant::now() };
+        if let Err(e) = self.spawn(slot, poller) {
+            warn!("helper {slot}: respawn failed ({e}); retrying in 1s");
+            self.slots[slot].state = SlotState::Down { respawn_at: Instant::now() + Duration::from_secs(1) };
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, poller: &Poller) -> io::Result<()> {
+        let (ours, theirs) = ipc::seqpacket_pair()?;
+        let child_fd = theirs.as_raw_fd();
+        let mut command = Command::new(&self.config.helper_path);
+        command
+            .arg("--root")
+            .arg(&self.config.root)
+            .arg("--symlinks")
+            .arg(match self.config.symlinks {
+                SymlinkPolicy::WithinRoot => "within-root",
+                SymlinkPolicy::Never => "never",
+            })
+            .arg("--socket-fd")
+            .arg("3")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // SAFETY: the closure runs between fork and exec and only calls
+        // async-signal-safe functions (fcntl/dup2), as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || sys::install_fd_in_child(child_fd, 3));
+        }
+        let child = command.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start helper {}: {e}", self.config.helper_path.display()))
+        })?;
+        drop(theirs);
+        sys::set_nonblocking(ours.as_fd(), true)?;
+        reactor::register_level(poller, ours.as_fd(), Event::readable(self.key_base + slot))?;
+        self.slots[slot] =
+            Slot { state: SlotState::Starting { deadline: Instant::now() + self.config.timeout }, process: Some((child, ours)) };
+        Ok(())
+    }
+
+    /// Timer work: kill helpers past their deadline, expire queued jobs that
+    /// waited too long, respawn helpers that could not be started, reap.
+    pub fn sweep(&mut self, now: Instant, poller: &Poller, done: &mut Vec<Completion>) {
+        for slot in 0..self.slots.len() {
+            match self.slots[slot].state {
+                SlotState::Starting { deadline } | SlotState::Busy { deadline, .. } if now >= deadline => {
+                    warn!("helper {slot} missed its deadline; killing it");
+                    self.retire(slot, poller, done, false);
+                }
+                SlotState::Down { respawn_at } if now >= respawn_at => {
+                    if let Err(e) = self.spawn(slot, poller) {
+                        warn!("helper {slot}: respawn failed ({e})");
+                        self.slots[slot].state = SlotState::Down { respawn_at: now + Duration::from_secs(1) };
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(&id) = self.queue.front() {
+            if self.jobs.get(&id).is_some_and(|j| now.duration_since(j.queued_at) < self.config.timeout) {
+                break;
+            }
+            self.queue.pop_front();
+            if let Some(job) = self.take_job(id) {
+                done.push(Completion { waiters: job.waiters, outcome: Outcome::Unavailable });
+            }
+        }
+        self.zombies.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+        self.dispatch(poller, done);
+    }
+
+    /// Jobs queued or in flight.
+    pub fn outstanding(&self) -> usize {
+        self.jobs.len()
+    }
+}
+
+impl Drop for HelperPool {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some((mut child, _sock)) = slot.process.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for child in &mut self.zombies {
+            let _ = child.wait();
+        }
+    }
+}

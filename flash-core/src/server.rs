@@ -1,0 +1,426 @@
+//! The event loop: one thread, one `polling::Poller`, every descriptor
+//! non-blocking. Listeners, client connections, helper sockets and the
+//! shutdown pipe are all just event sources; a helper's reply wakes the loop
+//! exactly like a client's bytes do.
+
+use std::io;
+use std::mem;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use flash_http::DateCache;
+use log::{info, warn};
+use polling::{Event, Events, Poller};
+use slab::Slab;
+
+use crate::config::{Arch, Config};
+use crate::connection::{Connection, Flow, Lookup};
+use crate::file::OpenFile;
+use crate::fs::{Resolution, Resolver};
+use crate::pool::{Completion, HelperPool, JobKind, Outcome, PoolConfig, Waiter};
+use crate::reactor;
+use crate::residency::{self, Probe, Residency};
+use crate::sys;
+
+/// Poller keys: fixed ranges per kind of source.
+const SHUTDOWN_KEY: usize = 0;
+const LISTENER_BASE: usize = 1;
+const HELPER_BASE: usize = 64;
+const CONN_BASE: usize = 1024;
+/// How often deadlines are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Connections accepted per listener event, so one busy listener cannot starve the rest.
+const ACCEPT_BATCH: usize = 64;
+/// Pause after the process ran out of descriptors (EMFILE) before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Idle connections keep their buffers this long.
+const KEEP_BUFFERS: Duration = Duration::from_secs(1);
+
+/// Where disk work happens.
+pub enum Backend {
+    /// Inline in the event loop (SPED).
+    Inline { resolver: Resolver },
+    /// In helper processes (AMPED), with residency checks before sending.
+    Helpers { pool: HelperPool, residency: Residency },
+}
+
+/// Everything a connection may touch besides itself.
+pub struct Ctx {
+    pub config: Config,
+    pub poller: Poller,
+    pub date: DateCache,
+    /// Time of the current loop iteration.
+    pub now: Instant,
+    pub wall: SystemTime,
+    pub backend: Backend,
+    /// Finished helper jobs not yet delivered to their connections.
+    pub done: Vec<Completion>,
+    pub shutting_down: bool,
+}
+
+impl Ctx {
+    /// Finds the file for a request: `Some` when the answer is known now
+    /// (inline resolution), `None` when a helper will answer later.
+    pub fn lookup(&mut self, me: Waiter, path: &str, ends_with_slash: bool) -> Option<Lookup> {
+        match &mut self.backend {
+            Backend::Inline { resolver } => Some(match resolver.resolve(path, ends_with_slash) {
+                Ok(Resolution::File { file, meta, is_index }) => {
+                    Lookup::File { file: Rc::new(OpenFile::new(file, meta, Probe::Mincore)), is_index }
+                }
+                Ok(Resolution::Redirect) => Lookup::Redirect,
+                Err(e) => Lookup::Failed(e),
+            }),
+            Backend::Helpers { pool, .. } => {
+                let job = JobKind::Resolve { path: path.to_owned(), ends_with_slash };
+                match pool.submit(job, me, &self.poller, &mut self.done) {
+                    Ok(()) => None,
+                    Err(_) => Some(Lookup::Unavailable),
+                }
+            }
+        }
+    }
+
+    /// Whether bytes must be known resident before they are sent.
+    pub fn checks_residency(&self) -> bool {
+        matches!(self.backend, Backend::Helpers { .. })
+    }
+
+    pub fn resident_until(&mut self, file: &OpenFile, start: u64, end: u64) -> u64 {
+        match &mut self.backend {
+            Backend::Inline { .. } => end,
+            Backend::Helpers { residency, .. } => residency.resident_until(file, start, end),
+        }
+    }
+
+    /// Asks a helper to load the window holding `offset`; false if refused.
+    pub fn prefetch(&mut self, me: Waiter, file: &Rc<OpenFile>, offset: u64) -> bool {
+        let Backend::Helpers { pool, .. } = &mut self.backend else { return false };
+        let start = residency::window_start(offset);
+        let len = residency::WINDOW.min(file.len() - start);
+        let job = JobKind::Prefetch { file: Rc::clone(file), offset: start, len };
+        pool.submit(job, me, &self.poller, &mut self.done).is_ok()
+    }
+}
+
+pub struct Server {
+    conns: Slab<Connection>,
+    ctx: Ctx,
+    listeners: Vec<TcpListener>,
+    shutdown: Option<OwnedFd>,
+    next_serial: u64,
+    accept_paused: bool,
+    accept_resume_at: Option<Instant>,
+}
+
+impl Server {
+    /// Sets up the loop on already-bound listeners. `shutdown` becomes
+    /// readable when the server should stop (e.g. a signal pipe).
+    pub fn new(config: Config, listeners: Vec<TcpListener>, shutdown: Option<OwnedFd>) -> io::Result<Server> {
+        if listeners.len() > HELPER_BASE - LISTENER_BASE || config.helpers > CONN_BASE - HELPER_BASE {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listeners or helpers"));
+        }
+        let poller = Poller::new()?;
+        for (i, listener) in listeners.iter().enumerate() {
+            listener.set_nonblocking(true)?;
+            reactor::register_level(&poller, listener.as_fd(), Event::readable(LISTENER_BASE + i))?;
+        }
+        if let Some(fd) = &shutdown {
+            reactor::register_level(&poller, fd.as_fd(), Event::readable(SHUTDOWN_KEY))?;
+        }
+        let backend = match config.arch {
+            Arch::Sped => Backend::Inline { resolver: Resolver::open(&config.root, config.symlinks)? },
+            Arch::Amped => {
+                let pool_config = PoolConfig {
+                    helper_path: config.helper_path.clone(),
+                    root: config.root.clone(),
+                    symlinks: config.symlinks,
+                    helpers: config.helpers,
+                    max_queue: config.helper_queue,
+                    timeout: config.helper_timeout,
+                };
+                let pool = HelperPool::start(pool_config, &poller, HELPER_BASE)?;
+                Backend::Helpers { pool, residency: Residency::new(config.residency_budget) }
+            }
+        };
+        Ok(Server {
+            conns: Slab::with_capacity(1024),
+            ctx: Ctx {
+                config,
+                poller,
+                date: DateCache::new(),
+                now: Instant::now(),
+                wall: SystemTime::now(),
+                backend,
+                done: Vec::new(),
+                shutting_down: false,
+            },
+            listeners,
+            shutdown,
+            next_serial: 0,
+            accept_paused: false,
+            accept_resume_at: None,
+        })
+    }
+
+    /// Process ids of the helper processes (empty in SPED mode).
+    pub fn helper_pids(&self) -> Vec<u32> {
+        match &self.ctx.backend {
+            Backend::Helpers { pool, .. } => pool.pids(),
+            Backend::Inline { .. } => Vec::new(),
+        }
+    }
+
+    /// Serves until shut down; then finishes in-flight responses (bounded by
+    /// the shutdown timeout) and returns.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::new();
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        let mut stop_at: Option<Instant> = None;
+        loop {
+            if let Some(stop_at) = stop_at {
+                if self.conns.is_empty() || self.ctx.now >= stop_at {
+                    info!("shut down with {} connection(s) left", self.conns.len());
+                    break;
+                }
+            }
+            let wake_at = self.accept_resume_at.map_or(next_sweep, |t| t.min(next_sweep));
+            events.clear();
+            match self.ctx.poller.wait(&mut events, Some(wake_at.saturating_duration_since(Instant::now()))) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.ctx.now = Instant::now();
+            self.ctx.wall = SystemTime::now();
+            for event in events.iter() {
+                match event.key {
+                    SHUTDOWN_KEY => {
+                        if stop_at.is_none() {
+                            stop_at = Some(self.ctx.now + self.ctx.config.shutdown_timeout);
+                            self.begin_shutdown();
+                        }
+                    }
+                    key if key < HELPER_BASE => self.accept(key - LISTENER_BASE),
+                    key if key < CONN_BASE => {
+                        if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {
+                            pool.on_event(key, &self.ctx.poller, &mut self.ctx.done);
+                        }
+                    }
+                    key => {
+                        let idx = key - CONN_BASE;
+                        if let Some(conn) = self.conns.get_mut(idx) {
+                            conn.on_ready(event.readable, event.writable);
+                            self.drive(idx);
+                        }
+                    }
+                }
+            }
+            self.deliver_completions();
+            if self.ctx.now >= next_sweep {
+                self.sweep();
+                next_sweep = self.ctx.now + SWEEP_EVERY;
+            }
+            self.maybe_resume_accept();
+        }
+        for listener in &self.listeners {
+            reactor::deregister(&self.ctx.poller, listener.as_fd());
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for idx in keys {
+            self.close(idx);
+        }
+        Ok(())
+    }
+
+    fn drive(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx) else { return };
+        let me = Waiter { conn: idx, serial: conn.serial };
+        if conn.drive(me, &mut self.ctx) == Flow::Close {
+            self.close(idx);
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        if let Some(conn) = self.conns.try_remove(idx) {
+            reactor::deregister(&self.ctx.poller, conn.socket().as_fd());
+        }
+    }
+
+    fn accept(&mut self, listener: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.conns.len() >= self.ctx.config.max_connections {
+                self.pause_accept(None);
+                return;
+            }
+            let Some(l) = self.listeners.get(listener) else { return };
+            match sys::accept_nonblocking(l.as_fd()) {
+                Ok(fd) => self.add_connection(fd),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        warn!("accept: {e}; pausing accepts");
+                        self.pause_accept(Some(self.ctx.now + ACCEPT_BACKOFF));
+                        return;
+                    }
+                    // The client gave up, or a signal: try the next one.
+                    _ => continue,
+                },
+            }
+        }
+    }
+
+    fn add_connection(&mut self, fd: OwnedFd) {
+        // Nagle only delays our whole-response writes.
+        let _ = sys::set_nodelay(fd.as_fd());
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key();
+        if let Err(e) = reactor::register_edge(&self.ctx.poller, fd.as_fd(), CONN_BASE + idx) {
+            warn!("cannot watch a new connection: {e}");
+            return;
+        }
+        self.next_serial += 1;
+        let now = self.ctx.now;
+        entry.insert(Connection::new(TcpStream::from(fd), self.next_serial, now, now + self.ctx.config.header_timeout));
+    }
+
+    fn pause_accept(&mut self, resume_at: Option<Instant>) {
+        if !self.accept_paused {
+            for (i, l) in self.listeners.iter().enumerate() {
+                let _ = reactor::modify_level(&self.ctx.poller, l.as_fd(), Event::none(LISTENER_BASE + i));
+            }
+            self.accept_paused = true;
+        }
+        self.accept_resume_at = resume_at;
+    }
+
+    fn maybe_resume_accept(&mut self) {
+        if !self.accept_paused || self.ctx.shutting_down || self.conns.len() >= self.ctx.config.max_connections {
+            return;
+        }
+        if self.accept_resume_at.is_some_and(|t| self.ctx.now < t) {
+            return;
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let _ = reactor::modify_level(&self.ctx.poller, l.as_fd(), Event::readable(LISTENER_BASE + i));
+        }
+        self.accept_paused = false;
+        self.accept_resume_at = None;
+    }
+
+    /// Hands finished helper jobs to the connections waiting for them.
+    fn deliver_completions(&mut self) {
+        while !self.ctx.done.is_empty() {
+            for completion in mem::take(&mut self.ctx.done) {
+                self.deliver(completion);
+            }
+        }
+    }
+
+    fn deliver(&mut self, completion: Completion) {
+        let Completion { waiters, outcome } = completion;
+        match outcome {
+            Outcome::Resolved { fd, meta, is_index } => {
+                let probe = match &self.ctx.backend {
+                    Backend::Helpers { residency, .. } => residency.probe_for(&meta),
+                    Backend::Inline { .. } => Probe::Mincore,
+                };
+                let file = Rc::new(OpenFile::new(fd, meta, probe));
+                for w in waiters {
+                    self.resume(w, |conn, ctx| {
+                        conn.on_lookup(ctx, Lookup::File { file: Rc::clone(&file), is_index });
+                        Flow::Keep
+                    });
+                }
+            }
+            Outcome::Redirect => self.resume_all(waiters, || Lookup::Redirect),
+            Outcome::Failed(e) => {
+                // A failed prefetch and a failed lookup are told apart by state.
+                for w in waiters {
+                    self.resume(w, |conn, ctx| {
+                        conn.on_lookup(ctx, Lookup::Failed(e));
+                        conn.on_pages_failed(ctx)
+                    });
+                }
+            }
+            Outcome::Unavailable => {
+                for w in waiters {
+                    self.resume(w, |conn, ctx| {
+                        conn.on_lookup(ctx, Lookup::Unavailable);
+                        conn.on_pages_failed(ctx)
+                    });
+                }
+            }
+            Outcome::Prefetched { file, offset, len } => {
+                if let Backend::Helpers { residency, .. } = &mut self.ctx.backend {
+                    residency.note_loaded(&file.meta, offset, offset + len);
+                }
+                for w in waiters {
+                    self.resume(w, |conn, _| {
+                        conn.on_pages_ready(offset + len);
+                        Flow::Keep
+                    });
+                }
+            }
+        }
+    }
+
+    fn resume_all(&mut self, waiters: Vec<Waiter>, found: impl Fn() -> Lookup) {
+        for w in waiters {
+            self.resume(w, |conn, ctx| {
+                conn.on_lookup(ctx, found());
+                Flow::Keep
+            });
+        }
+    }
+
+    /// Applies `f` to the waiting connection if it still exists, then drives it.
+    fn resume(&mut self, w: Waiter, f: impl FnOnce(&mut Connection, &mut Ctx) -> Flow) {
+        let Some(conn) = self.conns.get_mut(w.conn).filter(|c| c.serial == w.serial) else { return };
+        if f(conn, &mut self.ctx) == Flow::Close {
+            self.close(w.conn);
+        } else {
+            self.drive(w.conn);
+        }
+    }
+
+    /// Deadlines of connections and helpers; buffer release of idle connections.
+    fn sweep(&mut self) {
+        let now = self.ctx.now;
+        let keep_buffers_since = now.checked_sub(KEEP_BUFFERS).unwrap_or(now);
+        let mut expired = Vec::new();
+        for (idx, conn) in self.conns.iter_mut() {
+            if conn.deadline.is_some_and(|d| d <= now) {
+                expired.push(idx);
+            }
+            conn.release_buffers_if_idle(keep_buffers_since);
+        }
+        for idx in expired {
+            let Some(conn) = self.conns.get_mut(idx) else { continue };
+            match conn.on_timeout(&mut self.ctx) {
+                Flow::Close => self.close(idx),
+                Flow::Keep => self.drive(idx),
+            }
+        }
+        if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {
+            pool.sweep(now, &self.ctx.poller, &mut self.ctx.done);
+        }
+        self.deliver_completions();
+    }
+
+    fn begin_shutdown(&mut self) {
+        info!("shutting down: no new connections, finishing responses in flight");
+        self.ctx.shutting_down = true;
+        if let Some(fd) = self.shutdown.take() {
+            reactor::deregister(&self.ctx.poller, fd.as_fd());
+        }
+        for listener in mem::take(&mut self.listeners) {
+            reactor::deregister(&self.ctx.poller, listener.as_fd());
+        }
+        let idle: Vec<usize> = self.conns.iter().filter(|(_, c)| c.is_idle()).map(|(k, _)| k).collect();
+        for idx in idle {
+            self.close(idx);
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Small safe wrappers over the libc calls the main process needs.
+//!
+//! Every `unsafe` block of the event loop lives here, each with the reason it
+//! is sound. None of these calls can wait on the disk: the main process uses
+//! `sendfile`/`writev` only on pages it has checked (or, in SPED mode, on
+//! purpose), `mincore` only reads residency, and `preadv2` is always called
+//! with `RWF_NOWAIT`.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// `accept4` with `SOCK_NONBLOCK | SOCK_CLOEXEC`: one call instead of three.
+pub fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed by accept4; the returned
+    // descriptor is new and owned by nobody else.
+    let fd = cvt(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by accept4 and is owned by us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `bytes`; with `more`, tells TCP that more data follows (MSG_MORE), so
+/// a response head and the `sendfile` body after it leave in one segment.
+pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], more: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    // SAFETY: the pointer and length come from a live slice.
+    cvt_size(unsafe { libc::send(sock.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), flags) })
+}
+
+/// `writev` of up to two buffers. `body` may point into a file mapping: the
+/// kernel copies it (a truncated file yields EFAULT here, never SIGBUS).
+pub fn writev2(sock: BorrowedFd<'_>, head: &[u8], body: RawRegion) -> io::Result<usize> {
+    let iov = [
+        libc::iovec { iov_base: head.as_ptr() as *mut libc::c_void, iov_len: head.len() },
+        libc::iovec { iov_base: body.ptr as *mut libc::c_void, iov_len: body.len },
+    ];
+    let count = if body.len == 0 { 1 } else { 2 };
+    // SAFETY: `head` is a live slice; `body` describes a live mapping (see
+    // RawRegion), which the kernel reads with fault handling.
+    cvt_size(unsafe { libc::writev(sock.as_raw_fd(), iov.as_ptr(), count) })
+}
+
+/// A region of mapped file memory that user code must never read: only its
+/// address goes to the kernel (`writev`, `mincore`).
+#[derive(Clone, Copy, Debug)]
+pub struct RawRegion {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+impl RawRegion {
+    pub const EMPTY: RawRegion = RawRegion { ptr: std::ptr::null(), len: 0 };
+}
+
+/// `sendfile` from `file` at `*offset`, advancing it.
+pub fn sendfile(sock: BorrowedFd<'_>, file: BorrowedFd<'_>, offset: &mut u64, count: usize) -> io::Result<usize> {
+    let mut off = *offset as libc::off_t;
+    // SAFETY: both descriptors are live for the call; `off` is a valid pointer.
+    let sent = cvt_size(unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) })?;
+    *offset = off as u64;
+    Ok(sent)
+}
+
+/// Page size of this machine.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
+    }
+}
+
+/// Fills `vec` with one residency byte per page of `region` (which must start
+/// on a page boundary). Reads page-table state only, never the pages.
+pub fn mincore(region: RawRegion, vec: &mut Vec<u8>) -> io::Result<()> {
+    let pages = region.len.div_ceil(page_size());
+    vec.clear();
+    vec.resize(pages, 0);
+    // SAFETY: `region` lies inside a live mapping and is page aligned (callers
+    // guarantee it); `vec` holds one byte per page as mincore requires.
+    cvt(unsafe { libc::mincore(region.ptr as *mut libc::c_void, region.len, vec.as_mut_ptr()) })?;
+    Ok(())
+}
+
+/// `preadv2(RWF_NOWAIT)`: reads only what is already in the page cache and
+/// fails with EAGAIN instead of waiting for the disk.
+pub fn pread_nowait(file: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: the iovec describes `buf`, which is live and writable.
+    cvt_size(unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) })
+}
+
+/// `shutdown(SHUT_WR)`: sends FIN after the last response byte.
+pub fn shutdown_write(sock: BorrowedFd<'_>) {
+    // SAFETY: shutdown has no memory-safety preconditions. Errors (peer gone)
+    // need no handling: the socket is closing anyway.
+    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) };
+}
+
+/// Turns off Nagle's algorithm: responses are written whole, so there is no
+/// small-write pattern to coalesce, and delaying them costs latency.
+pub fn set_nodelay(sock: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: the option value points to a live c_int of the size passed.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets or clears O_NONBLOCK.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL has no memory-safety preconditions.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
+    Ok(())
+}
+
+/// Makes `fd` the descriptor number `target` in a child between fork and
+/// exec, without close-on-exec. Only async-signal-safe calls.
+pub fn install_fd_in_child(fd: RawFd, target: RawFd) -> io::Result<()> {
+    if fd == target {
+        // dup2 onto itself would keep FD_CLOEXEC; clear it instead.
+        // SAFETY: fcntl is async-signal-safe and has no memory preconditions.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+    } else {
+        // SAFETY: dup2 is async-signal-safe; the new descriptor has no CLOEXEC.
+        cvt(unsafe { libc::dup2(fd, target) })?;
+    }
+    Ok(())
+}
+
+/// Effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Effective group id and supplementary groups of this process.
+pub fn groups() -> Vec<u32> {
+    // SAFETY: getegid cannot fail.
+    let mut groups = vec![unsafe { libc::getegid() }];
+    // SAFETY: a zero-sized query returns the count without writing.
+    let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if count > 0 {
+        let mut extra = vec![0 as libc::gid_t; count as usize];
+        // SAFETY: `extra` has room for `count` entries.
+        let got = unsafe { libc::getgroups(count, extra.as_mut_ptr()) };
+        if got > 0 {
+            extra.truncate(got as usize);
+            groups.extend(extra);
+        }
+    }
+    groups
+}
