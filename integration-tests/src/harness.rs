@@ -1,0 +1,265 @@
+//! Starts the real `flash-server` binary on a free loopback port and offers
+//! small, honest clients: raw sockets with a minimal response reader, curl,
+//! and Python's http.client.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Bound on any single wait in the tests: a hang fails instead of blocking CI.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Path of a binary built by this workspace (`flash-server`, `flash-helper`,
+/// `flash-slowfs`): `$FLASH_BIN_DIR`, else the profile directory holding the
+/// running test executable (`target/<profile>/deps/..`).
+pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLASH_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("test executable directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is not built: run `cargo test --workspace` (or `cargo build --workspace`)", path.display());
+    path
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("flash-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        // Readable by an unprivileged server user.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `contents` to `rel` (creating parent directories).
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create parent dirs");
+        }
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running `flash-server`.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Server {
+    /// Starts `flash-server ROOT --listen 127.0.0.1:0 ARGS...` and waits for
+    /// its `listening on` line.
+    pub fn start(root: &Path, args: &[&str]) -> Server {
+        Server::start_with(Some(root), args).expect("flash-server should start")
+    }
+
+    /// As `start`, but returns the failure (exit status and stderr) instead of panicking.
+    pub fn start_with(root: Option<&Path>, args: &[&str]) -> Result<Server, String> {
+        let mut command = Command::new(binary("flash-server"));
+        if let Some(root) = root {
+            command.arg(root);
+        }
+        if !args.iter().any(|a| *a == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn flash-server: {e}"))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            text
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        // The server prints the line before serving, or exits with an error.
+        let _ = stdout.read_line(&mut line);
+        let Some(addr) = line.trim().strip_prefix("listening on http://") else {
+            let status = child.wait().map_err(|e| e.to_string())?;
+            let err = stderr.join().unwrap_or_default();
+            return Err(format!("flash-server exited ({status}) without listening: {line}{err}"));
+        };
+        let addr = addr.parse().map_err(|e| format!("bad address {addr}: {e}"))?;
+        // Drain stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
+        Ok(Server { child: Some(child), addr, stderr: Some(stderr) })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A connected client socket with read/write timeouts.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect to flash-server");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        stream
+    }
+
+    /// Child processes of the server (its helpers), from /proc.
+    pub fn helper_pids(&self) -> Vec<u32> {
+        let pid = self.pid();
+        let path = format!("/proc/{pid}/task/{pid}/children");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns status and stderr.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running server");
+        signal(child.id(), libc::SIGTERM);
+        let status = child.wait().expect("wait for flash-server");
+        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        (status, stderr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `sig` to process `pid`.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response from `reader`. `head_only` for responses to HEAD (and
+/// 304/204, which never have a body).
+pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<Response> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line: {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let trimmed = line.trim_end_matches(['\r', '\n']);
+        if trimmed.is_empty() {
+            break;
+        }
+        let (name, value) = trimmed
+            .split_once(':')
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad header: {trimmed:?}")))?;
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    let mut response = Response { status, headers, body: Vec::new() };
+    if !head_only && status != 304 && status != 204 {
+        let len: usize = response
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "response without Content-Length"))?;
+        response.body.resize(len, 0);
+        reader.read_exact(&mut response.body)?;
+    }
+    Ok(response)
+}
+
+/// Sends `request` bytes on a new connection and reads one response.
+pub fn exchange(server: &Server, request: &[u8]) -> Response {
+    let mut stream = server.connect();
+    stream.write_all(request).expect("send request");
+    let head_only = request.starts_with(b"HEAD ");
+    read_response(&mut BufReader::new(stream), head_only).expect("read response")
+}
+
+/// `GET path` over a fresh HTTP/1.1 connection.
+pub fn get(server: &Server, path: &str) -> Response {
+    exchange(server, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
+/// True when the peer closed the connection (EOF) without sending more.
+pub fn reads_eof(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0))
+}
+
+/// Runs curl with `args` (plus `-sS` and a time bound); returns its output.
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl must be installed (see .ci/run)")
+}
+
+/// Runs a Python 3 snippet; returns its output.
+pub fn python(script: &str) -> Output {
+    Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3 must be installed")
+}
