@@ -21,8 +21,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use flash_http::{
-    content_type, parse_request, plan_multipart, select, write_error_response, ErrorExtra, Method, Parse, Request, RequestError,
-    ResponseHead, Segment, Selection, Status, Validators,
+    content_type, parse_request, plan_multipart, select, write_error_response, ErrorExtra, Method,
+    Parse, Request, RequestError, ResponseHead, Segment, Selection, Status, Validators,
 };
 use log::{debug, warn};
 
@@ -106,7 +106,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, serial: u64, now: Instant, header_deadline: Instant) -> Connection {
+    pub fn new(
+        socket: TcpStream,
+        serial: u64,
+        now: Instant,
+        header_deadline: Instant,
+    ) -> Connection {
         Connection {
             socket,
             serial,
@@ -146,7 +151,10 @@ impl Connection {
     /// Gives back buffer memory of a connection idle since `before`, so idle
     /// keep-alive connections cost almost nothing.
     pub fn release_buffers_if_idle(&mut self, before: Instant) {
-        if self.is_idle() && self.last_active < before && self.read_buf.capacity() + self.write_buf.capacity() > 0 {
+        if self.is_idle()
+            && self.last_active < before
+            && self.read_buf.capacity() + self.write_buf.capacity() > 0
+        {
             self.read_buf = Vec::new();
             self.write_buf = Vec::new();
             self.read_start = 0;
@@ -200,7 +208,8 @@ impl Connection {
             // Parse from a buffer taken out of `self`, so the request can
             // borrow it while the response is written into `self`.
             let buf = mem::take(&mut self.read_buf);
-            let step = match parse_request(&buf[self.read_start..self.read_end], &ctx.config.limits) {
+            let step = match parse_request(&buf[self.read_start..self.read_end], &ctx.config.limits)
+            {
                 Ok(Parse::Complete(req)) => Some(self.on_request(me, ctx, &req)),
                 Ok(Parse::Partial) => None,
                 Err(e) => Some(self.on_bad_request(ctx, e)),
@@ -271,17 +280,23 @@ impl Connection {
         self.request_begun = false;
         self.deadline = None;
         match req.method {
-            Method::Get | Method::Head if !req.asterisk => match ctx.lookup(me, &req.path, req.ends_with_slash) {
-                Some(found) => self.respond(ctx, req, found),
-                None => {
-                    // The head stays buffered until the helper answers.
-                    self.state = State::Resolving;
-                    return Step::Wait;
+            Method::Get | Method::Head if !req.asterisk => {
+                match ctx.lookup(me, &req.path, req.ends_with_slash) {
+                    Some(found) => self.respond(ctx, req, found),
+                    None => {
+                        // The head stays buffered until the helper answers.
+                        self.state = State::Resolving;
+                        return Step::Wait;
+                    }
                 }
-            },
+            }
             Method::Options => self.respond_simple(ctx, req, Status::NO_CONTENT, ErrorExtra::Allow),
-            Method::NotAllowed => self.respond_simple(ctx, req, Status::METHOD_NOT_ALLOWED, ErrorExtra::Allow),
-            Method::Get | Method::Head => self.respond_simple(ctx, req, Status::BAD_REQUEST, ErrorExtra::None),
+            Method::NotAllowed => {
+                self.respond_simple(ctx, req, Status::METHOD_NOT_ALLOWED, ErrorExtra::Allow)
+            }
+            Method::Get | Method::Head => {
+                self.respond_simple(ctx, req, Status::BAD_REQUEST, ErrorExtra::None)
+            }
         }
         Step::Continue
     }
@@ -341,15 +356,34 @@ impl Connection {
         self.state = State::Sending;
     }
 
-    fn respond_simple(&mut self, ctx: &mut Ctx, req: &Request<'_>, status: Status, extra: ErrorExtra<'_>) {
+    fn respond_simple(
+        &mut self,
+        ctx: &mut Ctx,
+        req: &Request<'_>,
+        status: Status,
+        extra: ErrorExtra<'_>,
+    ) {
         self.keep_alive = req.keep_alive && !ctx.shutting_down;
         self.respond_error(ctx, status, extra, req.method == Method::Head);
         self.consume_request(req);
     }
 
-    fn respond_error(&mut self, ctx: &mut Ctx, status: Status, extra: ErrorExtra<'_>, head_only: bool) {
+    fn respond_error(
+        &mut self,
+        ctx: &mut Ctx,
+        status: Status,
+        extra: ErrorExtra<'_>,
+        head_only: bool,
+    ) {
         let date = ctx.date.get(ctx.wall);
-        write_error_response(&mut self.write_buf, status, date, self.keep_alive, extra, head_only);
+        write_error_response(
+            &mut self.write_buf,
+            status,
+            date,
+            self.keep_alive,
+            extra,
+            head_only,
+        );
         self.state = State::Sending;
     }
 
@@ -366,7 +400,12 @@ impl Connection {
                 location.push('/');
                 push_percent_encoded(&mut location, &req.path);
                 location.push('/');
-                self.respond_error(ctx, Status::MOVED_PERMANENTLY, ErrorExtra::Location(&location), head_only);
+                self.respond_error(
+                    ctx,
+                    Status::MOVED_PERMANENTLY,
+                    ErrorExtra::Location(&location),
+                    head_only,
+                );
             }
             Lookup::Failed(error) => {
                 let status = match error {
@@ -379,14 +418,29 @@ impl Connection {
                 };
                 self.respond_error(ctx, status, ErrorExtra::None, head_only);
             }
-            Lookup::Unavailable => self.respond_error(ctx, Status::SERVICE_UNAVAILABLE, ErrorExtra::None, head_only),
+            Lookup::Unavailable => self.respond_error(
+                ctx,
+                Status::SERVICE_UNAVAILABLE,
+                ErrorExtra::None,
+                head_only,
+            ),
         }
         self.consume_request(req);
     }
 
-    fn respond_file(&mut self, ctx: &mut Ctx, req: &Request<'_>, file: Rc<OpenFile>, ctype: &'static str) {
+    fn respond_file(
+        &mut self,
+        ctx: &mut Ctx,
+        req: &Request<'_>,
+        file: Rc<OpenFile>,
+        ctype: &'static str,
+    ) {
         let len = file.len();
-        let validators = Validators { len, mtime_secs: file.mtime_secs(), etag: file.etag.as_str() };
+        let validators = Validators {
+            len,
+            mtime_secs: file.mtime_secs(),
+            etag: file.etag.as_str(),
+        };
         let selection = select(req, &validators);
         let (status, range) = match &selection {
             Selection::Full => (Status::OK, 0..len),
@@ -394,14 +448,29 @@ impl Connection {
             Selection::Multi(_) => (Status::PARTIAL_CONTENT, 0..0),
             Selection::NotModified => (Status::NOT_MODIFIED, 0..0),
             Selection::PreconditionFailed => {
-                return self.respond_error(ctx, Status::PRECONDITION_FAILED, ErrorExtra::None, req.method == Method::Head)
+                return self.respond_error(
+                    ctx,
+                    Status::PRECONDITION_FAILED,
+                    ErrorExtra::None,
+                    req.method == Method::Head,
+                )
             }
             Selection::Unsatisfiable => {
-                return self.respond_error(ctx, Status::RANGE_NOT_SATISFIABLE, ErrorExtra::UnsatisfiedRange(len), req.method == Method::Head)
+                return self.respond_error(
+                    ctx,
+                    Status::RANGE_NOT_SATISFIABLE,
+                    ErrorExtra::UnsatisfiedRange(len),
+                    req.method == Method::Head,
+                )
             }
         };
         let multipart = match &selection {
-            Selection::Multi(ranges) => Some(plan_multipart(ranges, len, ctype, &boundary(self.serial, len))),
+            Selection::Multi(ranges) => Some(plan_multipart(
+                ranges,
+                len,
+                ctype,
+                &boundary(self.serial, len),
+            )),
             _ => None,
         };
         let date = ctx.date.get(ctx.wall);
@@ -409,10 +478,13 @@ impl Connection {
         match (&selection, &multipart) {
             (Selection::NotModified, _) => {}
             (_, Some(plan)) => {
-                head.header("Content-Type", &plan.content_type).content_length(plan.content_length);
+                head.header("Content-Type", &plan.content_type)
+                    .content_length(plan.content_length);
             }
             (Selection::Single(r), None) => {
-                head.header("Content-Type", ctype).content_range(*r, len).content_length(r.end - r.start);
+                head.header("Content-Type", ctype)
+                    .content_range(*r, len)
+                    .content_length(r.end - r.start);
             }
             _ => {
                 head.header("Content-Type", ctype).content_length(len);
@@ -426,10 +498,18 @@ impl Connection {
         if req.method == Method::Head || status == Status::NOT_MODIFIED {
             return;
         }
-        let rest = multipart.map(|plan| plan.segments.into()).unwrap_or_default();
+        let rest = multipart
+            .map(|plan| plan.segments.into())
+            .unwrap_or_default();
         if range.start < range.end || !VecDeque::is_empty(&rest) {
             let ready_until = if ctx.checks_residency() { 0 } else { u64::MAX };
-            self.body = Some(Body { file, pos: range.start, end: range.end, ready_until, rest });
+            self.body = Some(Body {
+                file,
+                pos: range.start,
+                end: range.end,
+                ready_until,
+                rest,
+            });
         }
     }
 
@@ -466,11 +546,10 @@ impl Connection {
                     let head = &self.write_buf[self.write_pos..];
                     let small = send_end - body.pos <= SMALL_BODY && body.rest.is_empty();
                     match body.file.region(body.pos, send_end).filter(|_| small) {
-                        Some(region) => sys::writev2(sock, head, region).map(|n| {
+                        Some(region) => sys::writev2(sock, head, region).inspect(|&n| {
                             let from_head = n.min(head.len());
                             self.write_pos += from_head;
                             body.pos += (n - from_head) as u64;
-                            n
                         }),
                         None => sys::send(sock, head, true).inspect(|&n| self.write_pos += n),
                     }
@@ -553,7 +632,14 @@ impl Connection {
         }
         self.state = State::Reading;
         self.request_begun = self.read_start < self.read_end;
-        self.deadline = Some(ctx.now + if self.request_begun { ctx.config.header_timeout } else { ctx.config.idle_timeout });
+        self.deadline = Some(
+            ctx.now
+                + if self.request_begun {
+                    ctx.config.header_timeout
+                } else {
+                    ctx.config.idle_timeout
+                },
+        );
         Step::Continue
     }
 
@@ -573,7 +659,10 @@ impl Connection {
 
 /// A multipart boundary unlikely to occur in the file.
 fn boundary(serial: u64, len: u64) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let mix = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len.rotate_left(17) ^ u64::from(nanos);
     format!("flash-{mix:016x}")
 }

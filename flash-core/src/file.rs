@@ -38,7 +38,11 @@ impl OpenFile {
             // helper's fstat, so memmap2 does not stat the file itself.
             unsafe { MmapOptions::new().len(meta.size as usize).map(&file) }.ok()
         };
-        let probe = if map.is_none() && probe == Probe::Mincore { Probe::NoWaitRead } else { probe };
+        let probe = if map.is_none() && probe == Probe::Mincore {
+            Probe::NoWaitRead
+        } else {
+            probe
+        };
         OpenFile {
             file,
             etag: ETag::new(meta.mtime_secs.max(0) as u64, meta.size),
@@ -56,6 +60,10 @@ impl OpenFile {
         self.meta.size
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.meta.size == 0
+    }
+
     pub fn mtime_secs(&self) -> u64 {
         self.meta.mtime_secs.max(0) as u64
     }
@@ -69,6 +77,9 @@ impl OpenFile {
         }
         // Pointer arithmetic only: the memory is not touched.
         let ptr = map.as_ptr().wrapping_add(start as usize);
-        Some(RawRegion { ptr, len: (end - start) as usize })
+        Some(RawRegion {
+            ptr,
+            len: (end - start) as usize,
+        })
     }
 }

@@ -44,15 +44,30 @@ pub struct Waiter {
 }
 
 pub enum JobKind {
-    Resolve { path: String, ends_with_slash: bool },
-    Prefetch { file: Rc<OpenFile>, offset: u64, len: u64 },
+    Resolve {
+        path: String,
+        ends_with_slash: bool,
+    },
+    Prefetch {
+        file: Rc<OpenFile>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// What a finished job produced.
 pub enum Outcome {
-    Resolved { fd: OwnedFd, meta: FileMeta, is_index: bool },
+    Resolved {
+        fd: OwnedFd,
+        meta: FileMeta,
+        is_index: bool,
+    },
     Redirect,
-    Prefetched { file: Rc<OpenFile>, offset: u64, len: u64 },
+    Prefetched {
+        file: Rc<OpenFile>,
+        offset: u64,
+        len: u64,
+    },
     Failed(FsError),
     /// No helper could do it (crashed twice, hung, garbage, queue timeout).
     Unavailable,
@@ -93,8 +108,15 @@ struct Job {
 impl Job {
     fn key(&self) -> JobKey {
         match &self.kind {
-            JobKind::Resolve { path, ends_with_slash } => JobKey::Resolve(path.clone(), *ends_with_slash),
-            JobKind::Prefetch { file, offset, .. } => JobKey::Prefetch { dev: file.meta.dev, ino: file.meta.ino, offset: *offset },
+            JobKind::Resolve {
+                path,
+                ends_with_slash,
+            } => JobKey::Resolve(path.clone(), *ends_with_slash),
+            JobKind::Prefetch { file, offset, .. } => JobKey::Prefetch {
+                dev: file.meta.dev,
+                ino: file.meta.ino,
+                offset: *offset,
+            },
         }
     }
 
@@ -105,11 +127,18 @@ impl Job {
 
 enum SlotState {
     /// Not running; respawn at the instant given.
-    Down { respawn_at: Instant },
+    Down {
+        respawn_at: Instant,
+    },
     /// Spawned, waiting for its Hello.
-    Starting { deadline: Instant },
+    Starting {
+        deadline: Instant,
+    },
     Idle,
-    Busy { job: u64, deadline: Instant },
+    Busy {
+        job: u64,
+        deadline: Instant,
+    },
 }
 
 struct Slot {
@@ -136,10 +165,19 @@ impl HelperPool {
     /// Spawns the helpers; their sockets get poller keys `key_base + slot`.
     pub fn start(config: PoolConfig, poller: &Poller, key_base: usize) -> io::Result<HelperPool> {
         let helpers = config.helpers.max(1);
-        let reserved = if helpers == 1 { 0 } else { (helpers / 4).max(1) };
+        let reserved = if helpers == 1 {
+            0
+        } else {
+            (helpers / 4).max(1)
+        };
         let mut pool = HelperPool {
             slots: (0..helpers)
-                .map(|_| Slot { state: SlotState::Down { respawn_at: Instant::now() }, process: None })
+                .map(|_| Slot {
+                    state: SlotState::Down {
+                        respawn_at: Instant::now(),
+                    },
+                    process: None,
+                })
                 .collect(),
             config,
             key_base,
@@ -161,12 +199,26 @@ impl HelperPool {
 
     /// Process ids of the running helpers.
     pub fn pids(&self) -> Vec<u32> {
-        self.slots.iter().filter_map(|s| s.process.as_ref().map(|(c, _)| c.id())).collect()
+        self.slots
+            .iter()
+            .filter_map(|s| s.process.as_ref().map(|(c, _)| c.id()))
+            .collect()
     }
 
     /// Queues a job (or joins an identical one in flight).
-    pub fn submit(&mut self, kind: JobKind, waiter: Waiter, poller: &Poller, done: &mut Vec<Completion>) -> Result<(), QueueFull> {
-        let job = Job { kind, waiters: vec![waiter], crashes: 0, queued_at: Instant::now() };
+    pub fn submit(
+        &mut self,
+        kind: JobKind,
+        waiter: Waiter,
+        poller: &Poller,
+        done: &mut Vec<Completion>,
+    ) -> Result<(), QueueFull> {
+        let job = Job {
+            kind,
+            waiters: vec![waiter],
+            crashes: 0,
+            queued_at: Instant::now(),
+        };
         let key = job.key();
         if let Some(id) = self.by_key.get(&key) {
             if let Some(existing) = self.jobs.get_mut(id) {
@@ -189,15 +241,29 @@ impl HelperPool {
     /// Hands queued jobs to idle helpers.
     fn dispatch(&mut self, poller: &Poller, done: &mut Vec<Completion>) {
         while !self.queue.is_empty() {
-            let Some(slot) = self.slots.iter().position(|s| matches!(s.state, SlotState::Idle)) else { return };
+            let Some(slot) = self
+                .slots
+                .iter()
+                .position(|s| matches!(s.state, SlotState::Idle))
+            else {
+                return;
+            };
             let busy_prefetch = self
                 .slots
                 .iter()
                 .filter(|s| matches!(s.state, SlotState::Busy { job, .. } if self.jobs.get(&job).is_some_and(Job::is_prefetch)))
                 .count();
             let may_prefetch = busy_prefetch < self.max_busy_prefetch;
-            let Some(pos) = self.queue.iter().position(|id| may_prefetch || !self.jobs[id].is_prefetch()) else { return };
-            let Some(id) = self.queue.remove(pos) else { return };
+            let Some(pos) = self
+                .queue
+                .iter()
+                .position(|id| may_prefetch || !self.jobs[id].is_prefetch())
+            else {
+                return;
+            };
+            let Some(id) = self.queue.remove(pos) else {
+                return;
+            };
             if let Err(e) = self.send_job(slot, id) {
                 warn!("helper {slot}: send failed ({e}); restarting it");
                 self.queue.push_front(id);
@@ -208,29 +274,59 @@ impl HelperPool {
 
     fn send_job(&mut self, slot: usize, id: u64) -> io::Result<()> {
         let job = &self.jobs[&id];
-        let (_, sock) = self.slots[slot].process.as_ref().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let (_, sock) = self.slots[slot]
+            .process
+            .as_ref()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
         self.frame.clear();
         let fd = match &job.kind {
-            JobKind::Resolve { path, ends_with_slash } => {
-                codec::encode(&ToHelper::Resolve { id, path: path.clone(), ends_with_slash: *ends_with_slash }, &mut self.frame);
+            JobKind::Resolve {
+                path,
+                ends_with_slash,
+            } => {
+                codec::encode(
+                    &ToHelper::Resolve {
+                        id,
+                        path: path.clone(),
+                        ends_with_slash: *ends_with_slash,
+                    },
+                    &mut self.frame,
+                );
                 None
             }
             JobKind::Prefetch { file, offset, len } => {
-                codec::encode(&ToHelper::Prefetch { id, offset: *offset, len: *len }, &mut self.frame);
+                codec::encode(
+                    &ToHelper::Prefetch {
+                        id,
+                        offset: *offset,
+                        len: *len,
+                    },
+                    &mut self.frame,
+                );
                 Some(file.fd())
             }
         };
         // One outstanding message per helper, so the socket buffer never fills.
         ipc::send_message(sock.as_fd(), &self.frame, fd)?;
-        self.slots[slot].state = SlotState::Busy { job: id, deadline: Instant::now() + self.config.timeout };
+        self.slots[slot].state = SlotState::Busy {
+            job: id,
+            deadline: Instant::now() + self.config.timeout,
+        };
         Ok(())
     }
 
     /// The socket of helper `key - key_base` is readable (a reply or a hang-up).
     pub fn on_event(&mut self, key: usize, poller: &Poller, done: &mut Vec<Completion>) {
-        let Some(slot) = key.checked_sub(self.key_base).filter(|&s| s < self.slots.len()) else { return };
+        let Some(slot) = key
+            .checked_sub(self.key_base)
+            .filter(|&s| s < self.slots.len())
+        else {
+            return;
+        };
         loop {
-            let Some((_, sock)) = self.slots[slot].process.as_ref() else { return };
+            let Some((_, sock)) = self.slots[slot].process.as_ref() else {
+                return;
+            };
             match ipc::recv_message(sock.as_fd(), &mut self.recv_buf) {
                 Ok(Some((len, fd))) => {
                     if let Err(why) = self.on_message(slot, len, fd, done) {
@@ -256,12 +352,21 @@ impl HelperPool {
         self.dispatch(poller, done);
     }
 
-    fn on_message(&mut self, slot: usize, len: usize, fd: Option<OwnedFd>, done: &mut Vec<Completion>) -> Result<(), String> {
-        let msg: FromHelper = codec::decode(&self.recv_buf[..len]).map_err(|e| format!("malformed frame ({e:?})"))?;
+    fn on_message(
+        &mut self,
+        slot: usize,
+        len: usize,
+        fd: Option<OwnedFd>,
+        done: &mut Vec<Completion>,
+    ) -> Result<(), String> {
+        let msg: FromHelper =
+            codec::decode(&self.recv_buf[..len]).map_err(|e| format!("malformed frame ({e:?})"))?;
         match (&self.slots[slot].state, msg) {
             (SlotState::Starting { .. }, FromHelper::Hello { version, pid }) => {
                 if version != PROTOCOL_VERSION {
-                    return Err(format!("protocol version {version}, expected {PROTOCOL_VERSION}"));
+                    return Err(format!(
+                        "protocol version {version}, expected {PROTOCOL_VERSION}"
+                    ));
                 }
                 debug!("helper {slot} (pid {pid}) ready");
                 self.slots[slot].state = SlotState::Idle;
@@ -270,21 +375,33 @@ impl HelperPool {
             (&SlotState::Busy { job, .. }, reply) if reply.id() == Some(job) => {
                 let job = self.take_job(job).ok_or("reply for an unknown job")?;
                 let outcome = match (reply, job.kind, fd) {
-                    (FromHelper::Resolved { meta, is_index, .. }, JobKind::Resolve { .. }, Some(fd)) => {
-                        Outcome::Resolved { fd, meta, is_index }
+                    (
+                        FromHelper::Resolved { meta, is_index, .. },
+                        JobKind::Resolve { .. },
+                        Some(fd),
+                    ) => Outcome::Resolved { fd, meta, is_index },
+                    (FromHelper::Redirect { .. }, JobKind::Resolve { .. }, None) => {
+                        Outcome::Redirect
                     }
-                    (FromHelper::Redirect { .. }, JobKind::Resolve { .. }, None) => Outcome::Redirect,
-                    (FromHelper::Prefetched { .. }, JobKind::Prefetch { file, offset, len }, None) => {
-                        Outcome::Prefetched { file, offset, len }
-                    }
+                    (
+                        FromHelper::Prefetched { .. },
+                        JobKind::Prefetch { file, offset, len },
+                        None,
+                    ) => Outcome::Prefetched { file, offset, len },
                     (FromHelper::Failed { error, .. }, _, None) => Outcome::Failed(error),
                     _ => {
                         // The job is gone; its waiters must still get an answer.
-                        done.push(Completion { waiters: job.waiters, outcome: Outcome::Unavailable });
+                        done.push(Completion {
+                            waiters: job.waiters,
+                            outcome: Outcome::Unavailable,
+                        });
                         return Err("reply does not match its request".into());
                     }
                 };
-                done.push(Completion { waiters: job.waiters, outcome });
+                done.push(Completion {
+                    waiters: job.waiters,
+                    outcome,
+                });
                 self.slots[slot].state = SlotState::Idle;
                 Ok(())
             }
@@ -317,13 +434,20 @@ impl HelperPool {
                 }
                 self.queue.push_front(job);
             } else if let Some(j) = self.take_job(job) {
-                done.push(Completion { waiters: j.waiters, outcome: Outcome::Unavailable });
+                done.push(Completion {
+                    waiters: j.waiters,
+                    outcome: Outcome::Unavailable,
+                });
             }
         }
-        self.slots[slot].state = SlotState::Down { respawn_at: Instant::now() };
+        self.slots[slot].state = SlotState::Down {
+            respawn_at: Instant::now(),
+        };
         if let Err(e) = self.spawn(slot, poller) {
             warn!("helper {slot}: respawn failed ({e}); retrying in 1s");
-            self.slots[slot].state = SlotState::Down { respawn_at: Instant::now() + Duration::from_secs(1) };
+            self.slots[slot].state = SlotState::Down {
+                respawn_at: Instant::now() + Duration::from_secs(1),
+            };
         }
     }
 
@@ -349,13 +473,23 @@ impl HelperPool {
             command.pre_exec(move || sys::install_fd_in_child(child_fd, 3));
         }
         let child = command.spawn().map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot start helper {}: {e}", self.config.helper_path.display()))
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot start helper {}: {e}",
+                    self.config.helper_path.display()
+                ),
+            )
         })?;
         drop(theirs);
         sys::set_nonblocking(ours.as_fd(), true)?;
         reactor::register_level(poller, ours.as_fd(), Event::readable(self.key_base + slot))?;
-        self.slots[slot] =
-            Slot { state: SlotState::Starting { deadline: Instant::now() + self.config.timeout }, process: Some((child, ours)) };
+        self.slots[slot] = Slot {
+            state: SlotState::Starting {
+                deadline: Instant::now() + self.config.timeout,
+            },
+            process: Some((child, ours)),
+        };
         Ok(())
     }
 
@@ -364,29 +498,41 @@ impl HelperPool {
     pub fn sweep(&mut self, now: Instant, poller: &Poller, done: &mut Vec<Completion>) {
         for slot in 0..self.slots.len() {
             match self.slots[slot].state {
-                SlotState::Starting { deadline } | SlotState::Busy { deadline, .. } if now >= deadline => {
+                SlotState::Starting { deadline } | SlotState::Busy { deadline, .. }
+                    if now >= deadline =>
+                {
                     warn!("helper {slot} missed its deadline; killing it");
                     self.retire(slot, poller, done, false);
                 }
                 SlotState::Down { respawn_at } if now >= respawn_at => {
                     if let Err(e) = self.spawn(slot, poller) {
                         warn!("helper {slot}: respawn failed ({e})");
-                        self.slots[slot].state = SlotState::Down { respawn_at: now + Duration::from_secs(1) };
+                        self.slots[slot].state = SlotState::Down {
+                            respawn_at: now + Duration::from_secs(1),
+                        };
                     }
                 }
                 _ => {}
             }
         }
         while let Some(&id) = self.queue.front() {
-            if self.jobs.get(&id).is_some_and(|j| now.duration_since(j.queued_at) < self.config.timeout) {
+            if self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| now.duration_since(j.queued_at) < self.config.timeout)
+            {
                 break;
             }
             self.queue.pop_front();
             if let Some(job) = self.take_job(id) {
-                done.push(Completion { waiters: job.waiters, outcome: Outcome::Unavailable });
+                done.push(Completion {
+                    waiters: job.waiters,
+                    outcome: Outcome::Unavailable,
+                });
             }
         }
-        self.zombies.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+        self.zombies
+            .retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
         self.dispatch(poller, done);
     }
 

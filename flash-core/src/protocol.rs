@@ -94,7 +94,7 @@ pub enum FromHelper {
     Failed {
         /// The request's id.
         id: u64,
-        /// Why: maps to 404, 403, 403/404 (not a regular file) or 500.
+        /// Why: `NotFound` 404, `Forbidden` and `NotAFile` 403, `Io` 500.
         error: FsError,
     },
 }

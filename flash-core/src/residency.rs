@@ -123,7 +123,9 @@ impl Residency {
             .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
         sys::mincore(region, &mut self.mincore_vec)?;
         let resident_pages = self.mincore_vec.iter().take_while(|&&b| b & 1 != 0).count() as u64;
-        Ok((first_page + resident_pages * self.page_size).min(end).max(start))
+        Ok((first_page + resident_pages * self.page_size)
+            .min(end)
+            .max(start))
     }
 
     fn by_nowait_read(&mut self, file: &OpenFile, start: u64, end: u64) -> io::Result<u64> {
@@ -172,7 +174,12 @@ struct LoadedWindows {
 
 impl LoadedWindows {
     fn new(capacity: usize) -> Self {
-        LoadedWindows { capacity, stamps: HashMap::new(), order: VecDeque::new(), clock: 0 }
+        LoadedWindows {
+            capacity,
+            stamps: HashMap::new(),
+            order: VecDeque::new(),
+            clock: 0,
+        }
     }
 
     fn touch(&mut self, key: WindowKey) {
@@ -180,7 +187,9 @@ impl LoadedWindows {
         self.stamps.insert(key, self.clock);
         self.order.push_back((key, self.clock));
         while self.stamps.len() > self.capacity || self.order.len() > 2 * self.capacity + 64 {
-            let Some((old, stamp)) = self.order.pop_front() else { break };
+            let Some((old, stamp)) = self.order.pop_front() else {
+                break;
+            };
             if self.stamps.get(&old) == Some(&stamp) {
                 self.stamps.remove(&old);
             }
@@ -212,7 +221,16 @@ mod tests {
     use super::*;
 
     fn meta(uid: u32, gid: u32, mode: u32) -> FileMeta {
-        FileMeta { size: 10 * WINDOW, mtime_secs: 1, mtime_nsec: 0, ino: 7, dev: 3, uid, gid, mode }
+        FileMeta {
+            size: 10 * WINDOW,
+            mtime_secs: 1,
+            mtime_nsec: 0,
+            ino: 7,
+            dev: 3,
+            uid,
+            gid,
+            mode,
+        }
     }
 
     #[test]

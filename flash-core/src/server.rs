@@ -39,11 +39,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const KEEP_BUFFERS: Duration = Duration::from_secs(1);
 
 /// Where disk work happens.
+// One per server: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     /// Inline in the event loop (SPED).
     Inline { resolver: Resolver },
     /// In helper processes (AMPED), with residency checks before sending.
-    Helpers { pool: HelperPool, residency: Residency },
+    Helpers {
+        pool: HelperPool,
+        residency: Residency,
+    },
 }
 
 /// Everything a connection may touch besides itself.
@@ -66,14 +71,22 @@ impl Ctx {
     pub fn lookup(&mut self, me: Waiter, path: &str, ends_with_slash: bool) -> Option<Lookup> {
         match &mut self.backend {
             Backend::Inline { resolver } => Some(match resolver.resolve(path, ends_with_slash) {
-                Ok(Resolution::File { file, meta, is_index }) => {
-                    Lookup::File { file: Rc::new(OpenFile::new(file, meta, Probe::Mincore)), is_index }
-                }
+                Ok(Resolution::File {
+                    file,
+                    meta,
+                    is_index,
+                }) => Lookup::File {
+                    file: Rc::new(OpenFile::new(file, meta, Probe::Mincore)),
+                    is_index,
+                },
                 Ok(Resolution::Redirect) => Lookup::Redirect,
                 Err(e) => Lookup::Failed(e),
             }),
             Backend::Helpers { pool, .. } => {
-                let job = JobKind::Resolve { path: path.to_owned(), ends_with_slash };
+                let job = JobKind::Resolve {
+                    path: path.to_owned(),
+                    ends_with_slash,
+                };
                 match pool.submit(job, me, &self.poller, &mut self.done) {
                     Ok(()) => None,
                     Err(_) => Some(Lookup::Unavailable),
@@ -96,10 +109,16 @@ impl Ctx {
 
     /// Asks a helper to load the window holding `offset`; false if refused.
     pub fn prefetch(&mut self, me: Waiter, file: &Rc<OpenFile>, offset: u64) -> bool {
-        let Backend::Helpers { pool, .. } = &mut self.backend else { return false };
+        let Backend::Helpers { pool, .. } = &mut self.backend else {
+            return false;
+        };
         let start = residency::window_start(offset);
         let len = residency::WINDOW.min(file.len() - start);
-        let job = JobKind::Prefetch { file: Rc::clone(file), offset: start, len };
+        let job = JobKind::Prefetch {
+            file: Rc::clone(file),
+            offset: start,
+            len,
+        };
         pool.submit(job, me, &self.poller, &mut self.done).is_ok()
     }
 }
@@ -117,20 +136,34 @@ pub struct Server {
 impl Server {
     /// Sets up the loop on already-bound listeners. `shutdown` becomes
     /// readable when the server should stop (e.g. a signal pipe).
-    pub fn new(config: Config, listeners: Vec<TcpListener>, shutdown: Option<OwnedFd>) -> io::Result<Server> {
-        if listeners.len() > HELPER_BASE - LISTENER_BASE || config.helpers > CONN_BASE - HELPER_BASE {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listeners or helpers"));
+    pub fn new(
+        config: Config,
+        listeners: Vec<TcpListener>,
+        shutdown: Option<OwnedFd>,
+    ) -> io::Result<Server> {
+        if listeners.len() > HELPER_BASE - LISTENER_BASE || config.helpers > CONN_BASE - HELPER_BASE
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many listeners or helpers",
+            ));
         }
         let poller = Poller::new()?;
         for (i, listener) in listeners.iter().enumerate() {
             listener.set_nonblocking(true)?;
-            reactor::register_level(&poller, listener.as_fd(), Event::readable(LISTENER_BASE + i))?;
+            reactor::register_level(
+                &poller,
+                listener.as_fd(),
+                Event::readable(LISTENER_BASE + i),
+            )?;
         }
         if let Some(fd) = &shutdown {
             reactor::register_level(&poller, fd.as_fd(), Event::readable(SHUTDOWN_KEY))?;
         }
         let backend = match config.arch {
-            Arch::Sped => Backend::Inline { resolver: Resolver::open(&config.root, config.symlinks)? },
+            Arch::Sped => Backend::Inline {
+                resolver: Resolver::open(&config.root, config.symlinks)?,
+            },
             Arch::Amped => {
                 let pool_config = PoolConfig {
                     helper_path: config.helper_path.clone(),
@@ -141,7 +174,10 @@ impl Server {
                     timeout: config.helper_timeout,
                 };
                 let pool = HelperPool::start(pool_config, &poller, HELPER_BASE)?;
-                Backend::Helpers { pool, residency: Residency::new(config.residency_budget) }
+                Backend::Helpers {
+                    pool,
+                    residency: Residency::new(config.residency_budget),
+                }
             }
         };
         Ok(Server {
@@ -185,9 +221,14 @@ impl Server {
                     break;
                 }
             }
-            let wake_at = self.accept_resume_at.map_or(next_sweep, |t| t.min(next_sweep));
+            let wake_at = self
+                .accept_resume_at
+                .map_or(next_sweep, |t| t.min(next_sweep));
             events.clear();
-            match self.ctx.poller.wait(&mut events, Some(wake_at.saturating_duration_since(Instant::now()))) {
+            match self.ctx.poller.wait(
+                &mut events,
+                Some(wake_at.saturating_duration_since(Instant::now())),
+            ) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -235,8 +276,13 @@ impl Server {
     }
 
     fn drive(&mut self, idx: usize) {
-        let Some(conn) = self.conns.get_mut(idx) else { return };
-        let me = Waiter { conn: idx, serial: conn.serial };
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let me = Waiter {
+            conn: idx,
+            serial: conn.serial,
+        };
         if conn.drive(me, &mut self.ctx) == Flow::Close {
             self.close(idx);
         }
@@ -254,7 +300,9 @@ impl Server {
                 self.pause_accept(None);
                 return;
             }
-            let Some(l) = self.listeners.get(listener) else { return };
+            let Some(l) = self.listeners.get(listener) else {
+                return;
+            };
             match sys::accept_nonblocking(l.as_fd()) {
                 Ok(fd) => self.add_connection(fd),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -282,13 +330,22 @@ impl Server {
         }
         self.next_serial += 1;
         let now = self.ctx.now;
-        entry.insert(Connection::new(TcpStream::from(fd), self.next_serial, now, now + self.ctx.config.header_timeout));
+        entry.insert(Connection::new(
+            TcpStream::from(fd),
+            self.next_serial,
+            now,
+            now + self.ctx.config.header_timeout,
+        ));
     }
 
     fn pause_accept(&mut self, resume_at: Option<Instant>) {
         if !self.accept_paused {
             for (i, l) in self.listeners.iter().enumerate() {
-                let _ = reactor::modify_level(&self.ctx.poller, l.as_fd(), Event::none(LISTENER_BASE + i));
+                let _ = reactor::modify_level(
+                    &self.ctx.poller,
+                    l.as_fd(),
+                    Event::none(LISTENER_BASE + i),
+                );
             }
             self.accept_paused = true;
         }
@@ -296,14 +353,21 @@ impl Server {
     }
 
     fn maybe_resume_accept(&mut self) {
-        if !self.accept_paused || self.ctx.shutting_down || self.conns.len() >= self.ctx.config.max_connections {
+        if !self.accept_paused
+            || self.ctx.shutting_down
+            || self.conns.len() >= self.ctx.config.max_connections
+        {
             return;
         }
         if self.accept_resume_at.is_some_and(|t| self.ctx.now < t) {
             return;
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            let _ = reactor::modify_level(&self.ctx.poller, l.as_fd(), Event::readable(LISTENER_BASE + i));
+            let _ = reactor::modify_level(
+                &self.ctx.poller,
+                l.as_fd(),
+                Event::readable(LISTENER_BASE + i),
+            );
         }
         self.accept_paused = false;
         self.accept_resume_at = None;
@@ -329,7 +393,13 @@ impl Server {
                 let file = Rc::new(OpenFile::new(fd, meta, probe));
                 for w in waiters {
                     self.resume(w, |conn, ctx| {
-                        conn.on_lookup(ctx, Lookup::File { file: Rc::clone(&file), is_index });
+                        conn.on_lookup(
+                            ctx,
+                            Lookup::File {
+                                file: Rc::clone(&file),
+                                is_index,
+                            },
+                        );
                         Flow::Keep
                     });
                 }
@@ -377,7 +447,9 @@ impl Server {
 
     /// Applies `f` to the waiting connection if it still exists, then drives it.
     fn resume(&mut self, w: Waiter, f: impl FnOnce(&mut Connection, &mut Ctx) -> Flow) {
-        let Some(conn) = self.conns.get_mut(w.conn).filter(|c| c.serial == w.serial) else { return };
+        let Some(conn) = self.conns.get_mut(w.conn).filter(|c| c.serial == w.serial) else {
+            return;
+        };
         if f(conn, &mut self.ctx) == Flow::Close {
             self.close(w.conn);
         } else {
@@ -397,7 +469,9 @@ impl Server {
             conn.release_buffers_if_idle(keep_buffers_since);
         }
         for idx in expired {
-            let Some(conn) = self.conns.get_mut(idx) else { continue };
+            let Some(conn) = self.conns.get_mut(idx) else {
+                continue;
+            };
             match conn.on_timeout(&mut self.ctx) {
                 Flow::Close => self.close(idx),
                 Flow::Keep => self.drive(idx),
@@ -418,7 +492,12 @@ impl Server {
         for listener in mem::take(&mut self.listeners) {
             reactor::deregister(&self.ctx.poller, listener.as_fd());
         }
-        let idle: Vec<usize> = self.conns.iter().filter(|(_, c)| c.is_idle()).map(|(k, _)| k).collect();
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_idle())
+            .map(|(k, _)| k)
+            .collect();
         for idx in idle {
             self.close(idx);
         }

@@ -53,8 +53,14 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], more: bool) -> io::Result<usize>
 /// kernel copies it (a truncated file yields EFAULT here, never SIGBUS).
 pub fn writev2(sock: BorrowedFd<'_>, head: &[u8], body: RawRegion) -> io::Result<usize> {
     let iov = [
-        libc::iovec { iov_base: head.as_ptr() as *mut libc::c_void, iov_len: head.len() },
-        libc::iovec { iov_base: body.ptr as *mut libc::c_void, iov_len: body.len },
+        libc::iovec {
+            iov_base: head.as_ptr() as *mut libc::c_void,
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: body.ptr as *mut libc::c_void,
+            iov_len: body.len,
+        },
     ];
     let count = if body.len == 0 { 1 } else { 2 };
     // SAFETY: `head` is a live slice; `body` describes a live mapping (see
@@ -71,14 +77,23 @@ pub struct RawRegion {
 }
 
 impl RawRegion {
-    pub const EMPTY: RawRegion = RawRegion { ptr: std::ptr::null(), len: 0 };
+    pub const EMPTY: RawRegion = RawRegion {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
 }
 
 /// `sendfile` from `file` at `*offset`, advancing it.
-pub fn sendfile(sock: BorrowedFd<'_>, file: BorrowedFd<'_>, offset: &mut u64, count: usize) -> io::Result<usize> {
+pub fn sendfile(
+    sock: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
     let mut off = *offset as libc::off_t;
     // SAFETY: both descriptors are live for the call; `off` is a valid pointer.
-    let sent = cvt_size(unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) })?;
+    let sent =
+        cvt_size(unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) })?;
     *offset = off as u64;
     Ok(sent)
 }
@@ -102,16 +117,33 @@ pub fn mincore(region: RawRegion, vec: &mut Vec<u8>) -> io::Result<()> {
     vec.resize(pages, 0);
     // SAFETY: `region` lies inside a live mapping and is page aligned (callers
     // guarantee it); `vec` holds one byte per page as mincore requires.
-    cvt(unsafe { libc::mincore(region.ptr as *mut libc::c_void, region.len, vec.as_mut_ptr()) })?;
+    cvt(unsafe {
+        libc::mincore(
+            region.ptr as *mut libc::c_void,
+            region.len,
+            vec.as_mut_ptr(),
+        )
+    })?;
     Ok(())
 }
 
 /// `preadv2(RWF_NOWAIT)`: reads only what is already in the page cache and
 /// fails with EAGAIN instead of waiting for the disk.
 pub fn pread_nowait(file: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: the iovec describes `buf`, which is live and writable.
-    cvt_size(unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) })
+    cvt_size(unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    })
 }
 
 /// `shutdown(SHUT_WR)`: sends FIN after the last response byte.
@@ -142,7 +174,11 @@ pub fn set_nodelay(sock: BorrowedFd<'_>) -> io::Result<()> {
 pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     // SAFETY: fcntl with F_GETFL/F_SETFL has no memory-safety preconditions.
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
     // SAFETY: as above.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
     Ok(())

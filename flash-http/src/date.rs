@@ -9,8 +9,7 @@ const MAX_SECS: u64 = 253_402_300_799;
 
 const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
 const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-    b"Dec",
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 
 /// Formats unix seconds as "Sun, 06 Nov 1994 08:49:37 GMT" into a fixed array.
@@ -140,9 +139,15 @@ mod tests {
         let mut cache = DateCache::new();
         let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(cache.get(t), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(cache.get(t + Duration::from_millis(999)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            cache.get(t + Duration::from_millis(999)),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
         assert_eq!(cache.formats, 1);
-        assert_eq!(cache.get(t + Duration::from_secs(1)), "Sun, 06 Nov 1994 08:49:38 GMT");
+        assert_eq!(
+            cache.get(t + Duration::from_secs(1)),
+            "Sun, 06 Nov 1994 08:49:38 GMT"
+        );
         assert_eq!(cache.formats, 2);
         // Pre-epoch clocks do not panic.
         assert_eq!(

@@ -146,6 +146,9 @@ mod tests {
             assert_eq!(content_type(p), "application/octet-stream", "{p:?}");
         }
         assert_eq!(content_type("archive.tar.gz"), "application/gzip");
-        assert_eq!(content_type(".config/app.js"), "text/javascript; charset=utf-8");
+        assert_eq!(
+            content_type(".config/app.js"),
+            "text/javascript; charset=utf-8"
+        );
     }
 }

@@ -340,7 +340,9 @@ mod tests {
     #[test]
     fn too_many_ranges_gives_full() {
         let specs = |n: u64| {
-            let list: Vec<String> = (0..n).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect();
+            let list: Vec<String> = (0..n)
+                .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+                .collect();
             format!("bytes={}", list.join(","))
         };
         assert!(matches!(sel(&specs(16), 1000), Selection::Multi(v) if v.len() == 16));

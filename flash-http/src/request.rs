@@ -158,10 +158,7 @@ pub enum Parse<'buf> {
 /// The verdict depends only on the bytes given, and a longer buffer never
 /// contradicts an earlier non-`Partial` verdict: bytes beyond the head (a
 /// body, pipelined requests) are not looked at.
-pub fn parse_request<'buf>(
-    buf: &'buf [u8],
-    limits: &Limits,
-) -> Result<Parse<'buf>, RequestError> {
+pub fn parse_request<'buf>(buf: &'buf [u8], limits: &Limits) -> Result<Parse<'buf>, RequestError> {
     // Only the first `max_head_bytes` are ever parsed, so a head that does not
     // end within them is 431 whatever follows (and errors found later in an
     // over-long head cannot contradict the 431 given to a shorter prefix).
@@ -328,8 +325,7 @@ fn http_date(v: &str) -> Option<u64> {
 
 /// Digits only; values too large for u64 saturate (they are over any limit).
 fn parse_content_length(v: &str) -> Result<u64, RequestError> {
-    let mut total = 0u64;
-    let mut items = 0;
+    let mut value: Option<u64> = None;
     for item in v.split(',') {
         let item = item.trim_matches([' ', '\t']);
         if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
@@ -338,13 +334,12 @@ fn parse_content_length(v: &str) -> Result<u64, RequestError> {
         let n = item.bytes().fold(0u64, |acc, b| {
             acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
         });
-        if items > 0 && n != total {
+        if value.is_some_and(|prev| prev != n) {
             return Err(bad("conflicting Content-Length values"));
         }
-        total = n;
-        items += 1;
+        value = Some(n);
     }
-    Ok(total)
+    value.ok_or(bad("invalid Content-Length"))
 }
 
 fn parse_method(m: &str) -> Result<Method, RequestError> {
@@ -359,10 +354,7 @@ fn parse_method(m: &str) -> Result<Method, RequestError> {
 
 /// Splits the request target into its normalised path:
 /// origin-form, absolute-form (http/https) or `*` (OPTIONS only).
-fn parse_target(
-    target: &str,
-    method: Method,
-) -> Result<(Cow<'_, str>, bool, bool), RequestError> {
+fn parse_target(target: &str, method: Method) -> Result<(Cow<'_, str>, bool, bool), RequestError> {
     if target.contains('#') {
         return Err(bad("fragment in request target"));
     }
@@ -466,7 +458,11 @@ fn build<'buf>(
         } else if name.eq_ignore_ascii_case("if-none-match") {
             set_once(&mut if_none_match, h.value, "repeated If-None-Match")?;
         } else if name.eq_ignore_ascii_case("if-modified-since") {
-            set_once(&mut if_modified_since, h.value, "repeated If-Modified-Since")?;
+            set_once(
+                &mut if_modified_since,
+                h.value,
+                "repeated If-Modified-Since",
+            )?;
         } else if name.eq_ignore_ascii_case("if-unmodified-since") {
             set_once(
                 &mut if_unmodified_since,
@@ -751,8 +747,14 @@ mod tests {
     fn persistence_rules() {
         let cases: &[(&[u8], bool)] = &[
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", true),
-            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false),
-            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: CLOSE\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: CLOSE\r\n\r\n",
+                false,
+            ),
             (
                 b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, Close\r\n\r\n",
                 false,
@@ -761,11 +763,17 @@ mod tests {
                 b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
                 true,
             ),
-            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n",
+                true,
+            ),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
             (b"GET / HTTP/1.0\r\nconnection: Keep-Alive\r\n\r\n", true),
-            (b"GET / HTTP/1.0\r\nConnection: foo ,keep-alive\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.0\r\nConnection: foo ,keep-alive\r\n\r\n",
+                true,
+            ),
             (
                 b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
                 false,
@@ -821,7 +829,9 @@ mod tests {
         assert!(is_400(err(b"GET http://u@h/a HTTP/1.1\r\nHost: x\r\n\r\n")));
         assert!(is_400(err(b"GET ftp://h/a HTTP/1.1\r\nHost: x\r\n\r\n")));
         assert!(is_400(err(b"GET http:/a HTTP/1.1\r\nHost: x\r\n\r\n")));
-        assert!(is_400(err(b"GET http://h/../a HTTP/1.1\r\nHost: x\r\n\r\n")));
+        assert!(is_400(err(
+            b"GET http://h/../a HTTP/1.1\r\nHost: x\r\n\r\n"
+        )));
     }
 
     #[test]

@@ -51,7 +51,18 @@ impl Status {
     /// The reason phrase; codes without a registered phrase get their
     /// class's name (or "Unknown"), so a status line is always well-formed.
     pub fn reason(self) -> &'static str {
-        match self.0 {
+        self.registered_reason().unwrap_or(match self.0 {
+            100..=199 => "Informational",
+            200..=299 => "Success",
+            300..=399 => "Redirection",
+            400..=499 => "Client Error",
+            500..=599 => "Server Error",
+            _ => "Unknown",
+        })
+    }
+
+    fn registered_reason(self) -> Option<&'static str> {
+        Some(match self.0 {
             100 => "Continue",
             101 => "Switching Protocols",
             200 => "OK",
@@ -93,13 +104,8 @@ impl Status {
             503 => "Service Unavailable",
             504 => "Gateway Timeout",
             505 => "HTTP Version Not Supported",
-            100..=199 => "Informational",
-            200..=299 => "Success",
-            300..=399 => "Redirection",
-            400..=499 => "Client Error",
-            500..=599 => "Server Error",
-            _ => "Unknown",
-        }
+            _ => return None,
+        })
     }
 
     /// Whether a response with this status never carries a body
@@ -166,7 +172,7 @@ pub struct ResponseHead<'b> {
 }
 
 impl<'b> ResponseHead<'b> {
-    /// Writes "HTTP/1.1 <code> <reason>\r\n", then `Server: flash` and `Date: <date>`.
+    /// Writes `HTTP/1.1 <code> <reason>\r\n`, then `Server: flash` and `Date: <date>`.
     pub fn new(buf: &'b mut Vec<u8>, status: Status, date: &str) -> Self {
         buf.extend_from_slice(b"HTTP/1.1 ");
         push_u64(buf, u64::from(status.0));
@@ -251,8 +257,7 @@ pub enum ErrorExtra<'a> {
     UnsatisfiedRange(u64),
 }
 
-const BODY_START: &[u8] =
-    b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>";
+const BODY_START: &[u8] = b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>";
 const BODY_MIDDLE: &[u8] = b"</title></head>\n<body><h1>";
 const BODY_END: &[u8] = b"</h1></body></html>\n";
 
@@ -455,7 +460,9 @@ mod tests {
 
     #[test]
     fn error_content_length_matches_for_all_statuses() {
-        for code in [400u16, 403, 404, 405, 408, 412, 413, 414, 416, 431, 500, 501, 503, 505, 999] {
+        for code in [
+            400u16, 403, 404, 405, 408, 412, 413, 414, 416, 431, 500, 501, 503, 505, 999,
+        ] {
             let mut buf = Vec::new();
             write_error_response(&mut buf, Status(code), DATE, false, ErrorExtra::None, false);
             let (head, body) = split(&buf);
@@ -528,10 +535,7 @@ mod tests {
             ErrorExtra::UnsatisfiedRange(1234),
             false,
         );
-        assert_eq!(
-            header(split(&buf).0, "Content-Range"),
-            Some("bytes */1234")
-        );
+        assert_eq!(header(split(&buf).0, "Content-Range"), Some("bytes */1234"));
     }
 
     #[test]

@@ -10,56 +10,74 @@ use flash_http::{
 };
 use proptest::prelude::*;
 
-/// Pieces that make up plausible (and implausible) request heads, so that
-/// generated inputs reach every stage of the parser, not just the first byte.
-fn piece() -> impl Strategy<Value = Vec<u8>> {
-    let fixed: Vec<&'static [u8]> = vec![
-        b"GET ",
-        b"HEAD ",
-        b"OPTIONS ",
-        b"POST ",
-        b"BREW ",
-        b"/",
-        b"/a/b",
-        b"/%2e%2e/",
-        b"/x?q=1",
-        b"http://h/p",
-        b"*",
-        b" HTTP/1.1\r\n",
-        b" HTTP/1.0\r\n",
-        b" HTTP/2.0\r\n",
-        b"Host: h\r\n",
-        b"Connection: close\r\n",
-        b"Connection: keep-alive\r\n",
-        b"Content-Length: 5\r\n",
-        b"Content-Length: 99999999\r\n",
-        b"Transfer-Encoding: chunked\r\n",
-        b"Range: bytes=0-1\r\n",
-        b"If-None-Match: \"x\"\r\n",
-        b"If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
-        b" folded\r\n",
-        b"\r\n",
-        b"\n",
-        b"\r\n\r\n",
+/// Plausible request heads (method, target, version, headers, blank line,
+/// trailing bytes) with an optional one-byte mutation, so that generated
+/// inputs reach every stage of the parser and not just its first byte.
+fn structured_request() -> impl Strategy<Value = Vec<u8>> {
+    use proptest::sample::{select, Index};
+    let method = prop_oneof![
+        8 => select(vec!["GET ", "GET ", "HEAD ", "OPTIONS ", "POST "]),
+        1 => select(vec!["BREW ", "get ", "", "G T "]),
     ];
-    prop_oneof![
-        4 => proptest::sample::select(fixed).prop_map(|p| p.to_vec()),
-        1 => proptest::collection::vec(any::<u8>(), 0..8),
-        1 => "[a-zA-Z0-9 :/%.-]{0,12}".prop_map(String::into_bytes),
-    ]
+    let target = prop_oneof![
+        3 => select(vec![
+            "/", "/a/b", "/dir/", "/%2e%2e/", "/a/../b", "/x?q=1", "/x#f", "http://h/p",
+            "https://h", "*", "a", "/%zz", "/%c3%a9",
+        ]).prop_map(str::to_owned),
+        1 => "/[/a-z%.?*:]{0,20}",
+    ];
+    let version = prop_oneof![
+        8 => select(vec![" HTTP/1.1\r\n", " HTTP/1.1\r\n", " HTTP/1.0\r\n", " HTTP/1.1\n"]),
+        1 => select(vec![" HTTP/2.0\r\n", " HTTP/1.2\r\n", " HTTX/1.1\r\n", "  HTTP/1.1\r\n"]),
+    ];
+    let host = prop_oneof![4 => Just("Host: h\r\n"), 1 => Just("")];
+    let header = prop_oneof![
+        6 => select(vec![
+            "host: h\r\n",
+            "Connection: close\r\n", "Connection: keep-alive, x\r\n",
+            "Content-Length: 5\r\n", "Content-Length: 5, 6\r\n", "Content-Length: 99999999\r\n",
+            "Transfer-Encoding: chunked\r\n", "Range: bytes=0-1\r\n", "If-Range: \"x\"\r\n",
+            "If-None-Match: \"x\", W/\"y\"\r\n", "If-Match: *\r\n",
+            "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+            "If-Unmodified-Since: never\r\n", " folded\r\n", "X-Empty:\r\n",
+        ]).prop_map(str::to_owned),
+        4 => "[A-Za-z-]{1,8}: [ -~]{0,10}\r\n",
+        1 => "[ -~\r\n\t]{0,8}",
+    ];
+    let end = prop_oneof![6 => Just("\r\n"), 1 => select(vec!["\n", "", "\r"])];
+    let tail = proptest::collection::vec(any::<u8>(), 0..10);
+    let mutation = proptest::option::weighted(0.1, (any::<Index>(), any::<u8>()));
+    (
+        method,
+        target,
+        (version, host),
+        proptest::collection::vec(header, 0..5),
+        end,
+        tail,
+        mutation,
+    )
+        .prop_map(|(m, t, (v, host), hs, e, tail, mutation)| {
+            let mut buf = format!("{m}{t}{v}{host}{}{e}", hs.concat()).into_bytes();
+            buf.extend_from_slice(&tail);
+            if let Some((at, byte)) = mutation {
+                let at = at.index(buf.len() + 1);
+                buf.insert(at, byte);
+            }
+            buf
+        })
 }
 
 fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        3 => proptest::collection::vec(piece(), 0..12).prop_map(|v| v.concat()),
+        4 => structured_request(),
         1 => proptest::collection::vec(any::<u8>(), 0..64),
     ]
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
     prop_oneof![
-        Just(Limits::default()),
-        (0usize..120, 0usize..6, 0usize..24, 0u64..10).prop_map(|(h, n, t, b)| Limits {
+        3 => Just(Limits::default()),
+        1 => (0usize..300, 0usize..8, 0usize..40, 0u64..10).prop_map(|(h, n, t, b)| Limits {
             max_head_bytes: h,
             max_headers: n,
             max_target_bytes: t,
@@ -129,7 +147,8 @@ proptest! {
             }
             // Normalising again changes nothing (when no escapes remain).
             if !path.contains('%') {
-                let again = normalize_path(&format!("/{path}"));
+                let rooted = format!("/{path}");
+                let again = normalize_path(&rooted);
                 prop_assert_eq!(again.map(|(p, _)| p.into_owned()), Ok(path.clone().into_owned()));
             }
         }

@@ -20,7 +20,10 @@ pub struct DemoSite {
 
 impl DemoSite {
     pub fn create() -> io::Result<DemoSite> {
-        let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let dir = std::env::temp_dir().join(format!("flash-demo-{}-{unique}", std::process::id()));
         // World-readable (0755): a server started with --user must read it.
         fs::DirBuilder::new().mode(0o755).create(&dir)?;
@@ -28,7 +31,10 @@ impl DemoSite {
         for (name, text) in FILES {
             let path = site.dir.join(name);
             if let Some(parent) = path.parent() {
-                fs::DirBuilder::new().recursive(true).mode(0o755).create(parent)?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)?;
             }
             fs::write(&path, text)?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;

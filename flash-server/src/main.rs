@@ -132,16 +132,22 @@ fn run(cli: Cli) -> Result<()> {
         (None, Some(demo)) => demo.path().to_path_buf(),
         (None, None) => unreachable!("a demo site exists when no root is given"),
     };
-    let root = std::fs::canonicalize(&root).with_context(|| format!("document root {}", root.display()))?;
+    let root = std::fs::canonicalize(&root)
+        .with_context(|| format!("document root {}", root.display()))?;
     if !root.is_dir() {
         bail!("document root {} is not a directory", root.display());
     }
     let helper_path = match &cli.helper_path {
         Some(path) => path.clone(),
-        None => std::env::current_exe().context("cannot locate flash-server")?.with_file_name("flash-helper"),
+        None => std::env::current_exe()
+            .context("cannot locate flash-server")?
+            .with_file_name("flash-helper"),
     };
     if matches!(cli.arch, ArchArg::Amped) && !helper_path.is_file() {
-        bail!("helper executable {} not found (build it, or pass --helper-path)", helper_path.display());
+        bail!(
+            "helper executable {} not found (build it, or pass --helper-path)",
+            helper_path.display()
+        );
     }
 
     process::raise_descriptor_limit();
@@ -180,9 +186,17 @@ fn run(cli: Cli) -> Result<()> {
         max_discard_body: cli.max_body_bytes,
     };
 
-    let addrs: Vec<SocketAddr> = listeners.iter().map(TcpListener::local_addr).collect::<std::io::Result<_>>()?;
-    let server = Server::new(config, listeners, Some(shutdown)).context("cannot start the server")?;
-    let what = if demo.is_some() { "the demo site".to_string() } else { server_root_display(&cli) };
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<std::io::Result<_>>()?;
+    let server =
+        Server::new(config, listeners, Some(shutdown)).context("cannot start the server")?;
+    let what = if demo.is_some() {
+        "the demo site".to_string()
+    } else {
+        server_root_display(&cli)
+    };
     log::info!(
         "serving {what} ({}, {} helper process(es))",
         match cli.arch {
@@ -200,7 +214,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn server_root_display(cli: &Cli) -> String {
-    cli.root.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+    cli.root
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 /// A socket that becomes readable on SIGINT or SIGTERM.
@@ -214,20 +231,29 @@ fn shutdown_on_signals() -> Result<OwnedFd> {
 }
 
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
-    text.parse().map_err(|_| format!("invalid log level: {text} (error, warn, info, debug, trace, off)"))
+    text.parse()
+        .map_err(|_| format!("invalid log level: {text} (error, warn, info, debug, trace, off)"))
 }
 
 /// "10s", "500ms", "2m", "1h"; a bare number is seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("invalid duration: {text}"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration: {text}"))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("invalid duration unit in {text} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text} (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration: {text}"))
 }
@@ -240,8 +266,12 @@ fn parse_size(text: &str) -> Result<u64, String> {
         Some((i, 'G' | 'g')) => (&text[..i], 30),
         _ => (text, 0),
     };
-    let value: u64 = number.parse().map_err(|_| format!("invalid size: {text}"))?;
-    value.checked_mul(1 << shift).ok_or_else(|| format!("size too large: {text}"))
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size: {text}"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size too large: {text}"))
 }
 
 #[cfg(test)]

@@ -14,7 +14,15 @@ pub fn drop_privileges(name: &str) -> Result<()> {
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     // SAFETY: all pointers refer to live, writable storage of the sizes given.
-    let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut entry, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
     if rc != 0 || result.is_null() {
         bail!("no such user: {name}");
     }
@@ -22,7 +30,8 @@ pub fn drop_privileges(name: &str) -> Result<()> {
     // SAFETY: plain system calls on integers and a one-element array.
     unsafe {
         if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-            return Err(anyhow!(io::Error::last_os_error())).with_context(|| format!("cannot switch to user {name}"));
+            return Err(anyhow!(io::Error::last_os_error()))
+                .with_context(|| format!("cannot switch to user {name}"));
         }
     }
     Ok(())
@@ -37,10 +46,14 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
 /// Raises the soft limit on open descriptors to the hard limit: each
 /// connection is a descriptor, and 1024 is far too few for a server.
 pub fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `limit` is a valid rlimit to fill and then pass back.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
@@ -56,7 +69,11 @@ impl log::Log for StderrLogger {
     }
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!("flash-server: {}: {}", record.level().as_str().to_lowercase(), record.args());
+            eprintln!(
+                "flash-server: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
         }
     }
     fn flush(&self) {}

@@ -11,10 +11,16 @@ fn flash_server() -> Command {
 
 #[test]
 fn missing_root_is_a_clear_error() {
-    let out = flash_server().args(["/nonexistent/flash-root", "--listen", "127.0.0.1:0"]).output().unwrap();
+    let out = flash_server()
+        .args(["/nonexistent/flash-root", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("document root /nonexistent/flash-root"), "stderr: {err}");
+    assert!(
+        err.contains("document root /nonexistent/flash-root"),
+        "stderr: {err}"
+    );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
 
@@ -22,15 +28,30 @@ fn missing_root_is_a_clear_error() {
 fn busy_port_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = flash_server().args([env!("CARGO_MANIFEST_DIR"), "--listen", &addr, "--arch", "sped"]).output().unwrap();
+    let out = flash_server()
+        .args([
+            env!("CARGO_MANIFEST_DIR"),
+            "--listen",
+            &addr,
+            "--arch",
+            "sped",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"), "stderr: {err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"),
+        "stderr: {err}"
+    );
 }
 
 #[test]
 fn bad_flag_values_are_rejected() {
-    let out = flash_server().args(["--header-timeout", "soon"]).output().unwrap();
+    let out = flash_server()
+        .args(["--header-timeout", "soon"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration"));
 }

@@ -20,12 +20,19 @@ pub fn binary(name: &str) -> PathBuf {
         return PathBuf::from(dir).join(name);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let mut dir = exe.parent().expect("test executable directory").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test executable directory")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
     let path = dir.join(name);
-    assert!(path.is_file(), "{} is not built: run `cargo test --workspace` (or `cargo build --workspace`)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build --workspace`)",
+        path.display()
+    );
     path
 }
 
@@ -38,12 +45,14 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("flash-test-{tag}-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("flash-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         // Readable by an unprivileged server user.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
         TempDir { path }
     }
 
@@ -88,7 +97,7 @@ impl Server {
         if let Some(root) = root {
             command.arg(root);
         }
-        if !args.iter().any(|a| *a == "--listen") {
+        if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
         let mut child = command
@@ -111,12 +120,20 @@ impl Server {
         let Some(addr) = line.trim().strip_prefix("listening on http://") else {
             let status = child.wait().map_err(|e| e.to_string())?;
             let err = stderr.join().unwrap_or_default();
-            return Err(format!("flash-server exited ({status}) without listening: {line}{err}"));
+            return Err(format!(
+                "flash-server exited ({status}) without listening: {line}{err}"
+            ));
         };
-        let addr = addr.parse().map_err(|e| format!("bad address {addr}: {e}"))?;
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("bad address {addr}: {e}"))?;
         // Drain stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
-        Ok(Server { child: Some(child), addr, stderr: Some(stderr) })
+        Ok(Server {
+            child: Some(child),
+            addr,
+            stderr: Some(stderr),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -130,8 +147,12 @@ impl Server {
     /// A connected client socket with read/write timeouts.
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.addr).expect("connect to flash-server");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .expect("write timeout");
         stream
     }
 
@@ -156,7 +177,11 @@ impl Server {
         let mut child = self.child.take().expect("running server");
         signal(child.id(), libc::SIGTERM);
         let status = child.wait().expect("wait for flash-server");
-        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         (status, stderr)
     }
 }
@@ -187,7 +212,10 @@ pub struct Response {
 impl Response {
     /// First header of that name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -196,13 +224,21 @@ impl Response {
 pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<Response> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
     }
     let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line: {line:?}")))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line: {line:?}"),
+            )
+        })?;
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -211,17 +247,29 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<R
         if trimmed.is_empty() {
             break;
         }
-        let (name, value) = trimmed
-            .split_once(':')
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad header: {trimmed:?}")))?;
+        let (name, value) = trimmed.split_once(':').ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad header: {trimmed:?}"),
+            )
+        })?;
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
-    let mut response = Response { status, headers, body: Vec::new() };
+    let mut response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     if !head_only && status != 304 && status != 204 {
         let len: usize = response
             .header("content-length")
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "response without Content-Length"))?;
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response without Content-Length",
+                )
+            })?;
         response.body.resize(len, 0);
         reader.read_exact(&mut response.body)?;
     }
@@ -238,7 +286,10 @@ pub fn exchange(server: &Server, request: &[u8]) -> Response {
 
 /// `GET path` over a fresh HTTP/1.1 connection.
 pub fn get(server: &Server, path: &str) -> Response {
-    exchange(server, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+    exchange(
+        server,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 /// True when the peer closed the connection (EOF) without sending more.
