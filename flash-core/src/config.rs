@@ -41,6 +41,15 @@ pub struct Config {
     pub max_connections: usize,
     /// Memory the residency model may assume cached when no truthful probe exists.
     pub residency_budget: u64,
+    /// Entries of the pathname translation cache (0: off, every request resolves).
+    pub path_cache_entries: usize,
+    /// A cached path is revalidated within this time: a file replaced,
+    /// changed or deleted on disk is noticed within it.
+    pub path_freshness: Duration,
+    /// Reuse each file's response head, patching only Date.
+    pub header_cache: bool,
+    /// Bytes of files that stay mapped (0: map on every use).
+    pub map_cache_bytes: u64,
     pub limits: flash_http::Limits,
 }
 
@@ -61,6 +70,10 @@ impl Config {
             shutdown_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             residency_budget: 256 << 20,
+            path_cache_entries: 6000,
+            path_freshness: Duration::from_secs(1),
+            header_cache: true,
+            map_cache_bytes: 128 << 20,
             limits: flash_http::Limits::default(),
         }
     }

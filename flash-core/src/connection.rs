@@ -21,11 +21,13 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use flash_http::{
-    content_type, parse_request, plan_multipart, select, write_error_response, ErrorExtra, Method,
-    Parse, Request, RequestError, ResponseHead, Segment, Selection, Status, Validators,
+    boundary_from, content_type, parse_request, percent_encode_path, plan_multipart, select,
+    write_error_response, ErrorExtra, Method, Parse, Request, RequestError, ResponseHead, Segment,
+    Selection, Status, Validators,
 };
 use log::{debug, warn};
 
+use crate::cache::Cached;
 use crate::file::OpenFile;
 use crate::fs::FsError;
 use crate::pool::Waiter;
@@ -40,12 +42,22 @@ const READ_CHUNK: usize = 4096;
 /// final response is not destroyed by a TCP reset.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Result of finding a file, from a helper or inline.
+/// Result of finding a file: from the path cache, a helper, or inline.
+#[derive(Clone)]
 pub enum Lookup {
     File { file: Rc<OpenFile>, is_index: bool },
     Redirect,
     Failed(FsError),
     Unavailable,
+}
+
+impl From<Cached> for Lookup {
+    fn from(cached: Cached) -> Lookup {
+        match cached {
+            Cached::File { file, is_index } => Lookup::File { file, is_index },
+            Cached::Redirect => Lookup::Redirect,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +263,11 @@ impl Connection {
         match self.socket.read(&mut self.read_buf[self.read_end..]) {
             Ok(0) => Step::Close,
             Ok(n) => {
+                // A short read drained the socket: skip the read that would
+                // only say EAGAIN; new bytes raise a new edge.
+                if self.read_end + n < self.read_buf.len() {
+                    self.readable = false;
+                }
                 self.read_end += n;
                 if !self.request_begun && self.discard == 0 {
                     self.request_begun = true;
@@ -398,7 +415,7 @@ impl Connection {
             Lookup::Redirect => {
                 let mut location = String::with_capacity(req.path.len() + 2);
                 location.push('/');
-                push_percent_encoded(&mut location, &req.path);
+                location.push_str(&percent_encode_path(&req.path));
                 location.push('/');
                 self.respond_error(
                     ctx,
@@ -469,32 +486,42 @@ impl Connection {
                 ranges,
                 len,
                 ctype,
-                &boundary(self.serial, len),
+                &boundary_from(
+                    self.serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ file.mtime_secs() ^ len,
+                ),
             )),
             _ => None,
         };
         let date = ctx.date.get(ctx.wall);
-        let mut head = ResponseHead::new(&mut self.write_buf, status, date);
-        match (&selection, &multipart) {
-            (Selection::NotModified, _) => {}
-            (_, Some(plan)) => {
-                head.header("Content-Type", &plan.content_type)
-                    .content_length(plan.content_length);
+        // The plain 200 keep-alive head is the hot one: built once per file.
+        let cacheable = ctx.config.header_cache && self.keep_alive && selection == Selection::Full;
+        if !(cacheable && file.write_cached_head(&mut self.write_buf, ctype, date)) {
+            let start = self.write_buf.len();
+            let mut head = ResponseHead::new(&mut self.write_buf, status, date);
+            match (&selection, &multipart) {
+                (Selection::NotModified, _) => {}
+                (_, Some(plan)) => {
+                    head.header("Content-Type", &plan.content_type)
+                        .content_length(plan.content_length);
+                }
+                (Selection::Single(r), None) => {
+                    head.header("Content-Type", ctype)
+                        .content_range(*r, len)
+                        .content_length(r.end - r.start);
+                }
+                _ => {
+                    head.header("Content-Type", ctype).content_length(len);
+                }
             }
-            (Selection::Single(r), None) => {
-                head.header("Content-Type", ctype)
-                    .content_range(*r, len)
-                    .content_length(r.end - r.start);
-            }
-            _ => {
-                head.header("Content-Type", ctype).content_length(len);
+            head.last_modified(file.mtime_secs())
+                .header("ETag", file.etag.as_str())
+                .header("Accept-Ranges", "bytes")
+                .connection(self.keep_alive);
+            head.finish();
+            if cacheable {
+                file.cache_head(ctype, &self.write_buf[start..]);
             }
         }
-        head.last_modified(file.mtime_secs())
-            .header("ETag", file.etag.as_str())
-            .header("Accept-Ranges", "bytes")
-            .connection(self.keep_alive);
-        head.finish();
         if req.method == Method::Head || status == Status::NOT_MODIFIED {
             return;
         }
@@ -545,7 +572,11 @@ impl Connection {
                 let result = if head_pending {
                     let head = &self.write_buf[self.write_pos..];
                     let small = send_end - body.pos <= SMALL_BODY && body.rest.is_empty();
-                    match body.file.region(body.pos, send_end).filter(|_| small) {
+                    match ctx
+                        .maps
+                        .region(&body.file, body.pos, send_end)
+                        .filter(|_| small)
+                    {
                         Some(region) => sys::writev2(sock, head, region).inspect(|&n| {
                             let from_head = n.min(head.len());
                             self.write_pos += from_head;
@@ -654,40 +685,5 @@ impl Connection {
                 Err(_) => return Step::Close,
             }
         }
-    }
-}
-
-/// A multipart boundary unlikely to occur in the file.
-fn boundary(serial: u64, len: u64) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mix = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len.rotate_left(17) ^ u64::from(nanos);
-    format!("flash-{mix:016x}")
-}
-
-/// Percent-encodes a decoded path for a `Location` header.
-fn push_percent_encoded(out: &mut String, path: &str) {
-    for &b in path.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::push_percent_encoded;
-
-    #[test]
-    fn location_is_percent_encoded() {
-        let mut out = String::new();
-        push_percent_encoded(&mut out, "a b/ü?#");
-        assert_eq!(out, "a%20b/%C3%BC%3F%23");
     }
 }

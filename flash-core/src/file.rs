@@ -1,54 +1,47 @@
-//! An open file as the main process holds it: descriptor, metadata from the
-//! helper (or the inline resolver), the headers derived from it, and an
-//! optional read-only mapping whose bytes user code never reads.
+//! An open file as the main process holds it: the descriptor a helper (or
+//! the inline resolver) opened, its metadata, and what is derived from them
+//! once: the entity tag, the residency probe to trust, and the cached
+//! response head (the paper's response header cache).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use flash_http::ETag;
-use memmap2::{Mmap, MmapOptions};
 
 use crate::fs::FileMeta;
 use crate::residency::Probe;
-use crate::sys::RawRegion;
 
-/// A file ready to be served. Shared (`Rc`) by every connection sending it.
+/// A file ready to be served. Shared (`Rc`) by every connection sending it
+/// and by the path cache.
 pub struct OpenFile {
     file: File,
     pub meta: FileMeta,
-    /// Mapping of the whole file: its address goes to `writev` and `mincore`
-    /// only. `None` for empty files or when mapping failed.
-    map: Option<Mmap>,
     pub etag: ETag,
-    /// Which residency probe tells the truth for this file (may be downgraded
-    /// once a probe turns out unsupported).
+    /// Which residency probe tells the truth for this file (downgraded once
+    /// a probe turns out unsupported).
     pub probe: Cell<Probe>,
+    head: RefCell<Option<HeadTemplate>>,
 }
+
+/// A complete `200 OK` keep-alive head for this file; only Date changes.
+struct HeadTemplate {
+    content_type: &'static str,
+    bytes: Vec<u8>,
+    date_at: usize,
+}
+
+const DATE_FIELD: &[u8] = b"\r\nDate: ";
+const DATE_LEN: usize = 29;
 
 impl OpenFile {
     pub fn new(fd: OwnedFd, meta: FileMeta, probe: Probe) -> OpenFile {
-        let file = File::from(fd);
-        let map = if meta.size == 0 || usize::try_from(meta.size).is_err() {
-            None
-        } else {
-            // SAFETY: the mapping is read-only and its bytes are never read in
-            // user space (only addresses go to the kernel), so a concurrent
-            // truncation cannot fault this process. The length comes from the
-            // helper's fstat, so memmap2 does not stat the file itself.
-            unsafe { MmapOptions::new().len(meta.size as usize).map(&file) }.ok()
-        };
-        let probe = if map.is_none() && probe == Probe::Mincore {
-            Probe::NoWaitRead
-        } else {
-            probe
-        };
         OpenFile {
-            file,
+            file: File::from(fd),
             etag: ETag::new(meta.mtime_secs.max(0) as u64, meta.size),
             meta,
-            map,
             probe: Cell::new(probe),
+            head: RefCell::new(None),
         }
     }
 
@@ -68,18 +61,41 @@ impl OpenFile {
         self.meta.mtime_secs.max(0) as u64
     }
 
-    /// The mapped addresses of `start..end`, if the file is mapped.
-    pub fn region(&self, start: u64, end: u64) -> Option<RawRegion> {
-        let map = self.map.as_ref()?;
-        let end = end.min(map.len() as u64);
-        if start > end {
-            return None;
+    /// Appends the cached head for `content_type` with today's `date`;
+    /// false when none is cached.
+    pub fn write_cached_head(
+        &self,
+        out: &mut Vec<u8>,
+        content_type: &'static str,
+        date: &str,
+    ) -> bool {
+        let head = self.head.borrow();
+        let Some(t) = head
+            .as_ref()
+            .filter(|t| std::ptr::eq(t.content_type, content_type))
+        else {
+            return false;
+        };
+        let start = out.len();
+        out.extend_from_slice(&t.bytes);
+        if date.len() == DATE_LEN {
+            out[start + t.date_at..start + t.date_at + DATE_LEN].copy_from_slice(date.as_bytes());
         }
-        // Pointer arithmetic only: the memory is not touched.
-        let ptr = map.as_ptr().wrapping_add(start as usize);
-        Some(RawRegion {
-            ptr,
-            len: (end - start) as usize,
-        })
+        true
+    }
+
+    /// Keeps a copy of a freshly built `200 OK` keep-alive head.
+    pub fn cache_head(&self, content_type: &'static str, head: &[u8]) {
+        let Some(pos) = head.windows(DATE_FIELD.len()).position(|w| w == DATE_FIELD) else {
+            return;
+        };
+        let date_at = pos + DATE_FIELD.len();
+        if head.len() >= date_at + DATE_LEN {
+            *self.head.borrow_mut() = Some(HeadTemplate {
+                content_type,
+                bytes: head.to_vec(),
+                date_at,
+            });
+        }
     }
 }

@@ -20,6 +20,7 @@
 //! - [`residency`]: which bytes may be sent without waiting on the disk;
 //! - [`file`], [`sys`], [`reactor`]: open files, libc and poller wrappers.
 
+pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod connection;

@@ -43,6 +43,14 @@ pub struct Waiter {
     pub serial: u64,
 }
 
+impl Waiter {
+    /// Not a connection: the path cache revalidating an entry.
+    pub const PATH_CACHE: Waiter = Waiter {
+        conn: usize::MAX,
+        serial: 0,
+    };
+}
+
 pub enum JobKind {
     Resolve {
         path: String,
@@ -76,6 +84,25 @@ pub enum Outcome {
 pub struct Completion {
     pub waiters: Vec<Waiter>,
     pub outcome: Outcome,
+    /// For a resolve job: the path and trailing-slash flag it was for.
+    pub path: Option<(String, bool)>,
+}
+
+impl Completion {
+    fn new(job: Job, outcome: Outcome) -> Completion {
+        let path = match job.kind {
+            JobKind::Resolve {
+                path,
+                ends_with_slash,
+            } => Some((path, ends_with_slash)),
+            JobKind::Prefetch { .. } => None,
+        };
+        Completion {
+            waiters: job.waiters,
+            outcome,
+            path,
+        }
+    }
 }
 
 /// Refused: the queue is full.
@@ -188,7 +215,7 @@ impl HelperPool {
             max_busy_prefetch: helpers - reserved,
             zombies: Vec::new(),
             frame: Vec::with_capacity(256),
-            recv_buf: vec![0; codec::MAX_FRAME],
+            recv_buf: vec![0; codec::MAX_WIRE_LEN],
         };
         for slot in 0..helpers {
             // At start a helper that cannot be spawned is a configuration error.
@@ -374,34 +401,33 @@ impl HelperPool {
             }
             (&SlotState::Busy { job, .. }, reply) if reply.id() == Some(job) => {
                 let job = self.take_job(job).ok_or("reply for an unknown job")?;
-                let outcome = match (reply, job.kind, fd) {
+                let outcome = match (reply, &job.kind, fd) {
                     (
                         FromHelper::Resolved { meta, is_index, .. },
                         JobKind::Resolve { .. },
                         Some(fd),
-                    ) => Outcome::Resolved { fd, meta, is_index },
+                    ) => Some(Outcome::Resolved { fd, meta, is_index }),
                     (FromHelper::Redirect { .. }, JobKind::Resolve { .. }, None) => {
-                        Outcome::Redirect
+                        Some(Outcome::Redirect)
                     }
                     (
                         FromHelper::Prefetched { .. },
                         JobKind::Prefetch { file, offset, len },
                         None,
-                    ) => Outcome::Prefetched { file, offset, len },
-                    (FromHelper::Failed { error, .. }, _, None) => Outcome::Failed(error),
-                    _ => {
-                        // The job is gone; its waiters must still get an answer.
-                        done.push(Completion {
-                            waiters: job.waiters,
-                            outcome: Outcome::Unavailable,
-                        });
-                        return Err("reply does not match its request".into());
-                    }
+                    ) => Some(Outcome::Prefetched {
+                        file: Rc::clone(file),
+                        offset: *offset,
+                        len: *len,
+                    }),
+                    (FromHelper::Failed { error, .. }, _, None) => Some(Outcome::Failed(error)),
+                    _ => None,
                 };
-                done.push(Completion {
-                    waiters: job.waiters,
-                    outcome,
-                });
+                let Some(outcome) = outcome else {
+                    // The job is gone; its waiters must still get an answer.
+                    done.push(Completion::new(job, Outcome::Unavailable));
+                    return Err("reply does not match its request".into());
+                };
+                done.push(Completion::new(job, outcome));
                 self.slots[slot].state = SlotState::Idle;
                 Ok(())
             }
@@ -434,10 +460,7 @@ impl HelperPool {
                 }
                 self.queue.push_front(job);
             } else if let Some(j) = self.take_job(job) {
-                done.push(Completion {
-                    waiters: j.waiters,
-                    outcome: Outcome::Unavailable,
-                });
+                done.push(Completion::new(j, Outcome::Unavailable));
             }
         }
         self.slots[slot].state = SlotState::Down {
@@ -525,10 +548,7 @@ impl HelperPool {
             }
             self.queue.pop_front();
             if let Some(job) = self.take_job(id) {
-                done.push(Completion {
-                    waiters: job.waiters,
-                    outcome: Outcome::Unavailable,
-                });
+                done.push(Completion::new(job, Outcome::Unavailable));
             }
         }
         self.zombies

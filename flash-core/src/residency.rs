@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 
+use crate::cache::MapCache;
 use crate::file::OpenFile;
 use crate::fs::FileMeta;
 use crate::sys;
@@ -82,14 +83,20 @@ impl Residency {
 
     /// How far from `start` (towards `end`, at most one window) the bytes are
     /// known resident. Returns `start` when the first byte is not.
-    pub fn resident_until(&mut self, file: &OpenFile, start: u64, end: u64) -> u64 {
+    pub fn resident_until(
+        &mut self,
+        file: &OpenFile,
+        maps: &mut MapCache,
+        start: u64,
+        end: u64,
+    ) -> u64 {
         let end = end.min(window_start(start) + WINDOW).min(file.len());
         if start >= end {
             return start;
         }
         loop {
             let answer = match file.probe.get() {
-                Probe::Mincore => self.by_mincore(file, start, end),
+                Probe::Mincore => self.by_mincore(file, maps, start, end),
                 Probe::NoWaitRead => self.by_nowait_read(file, start, end),
                 Probe::LoadedRecently => Ok(self.loaded.resident_until(&file.meta, start, end)),
             };
@@ -116,10 +123,16 @@ impl Residency {
         self.loaded.note(meta, start, end);
     }
 
-    fn by_mincore(&mut self, file: &OpenFile, start: u64, end: u64) -> io::Result<u64> {
+    fn by_mincore(
+        &mut self,
+        file: &OpenFile,
+        maps: &mut MapCache,
+        start: u64,
+        end: u64,
+    ) -> io::Result<u64> {
         let first_page = start - start % self.page_size;
-        let region = file
-            .region(first_page, end)
+        let region = maps
+            .region(file, first_page, end)
             .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
         sys::mincore(region, &mut self.mincore_vec)?;
         let resident_pages = self.mincore_vec.iter().take_while(|&&b| b & 1 != 0).count() as u64;

@@ -15,10 +15,11 @@ use log::{info, warn};
 use polling::{Event, Events, Poller};
 use slab::Slab;
 
+use crate::cache::{Cached, MapCache, PathCache, PathHit};
 use crate::config::{Arch, Config};
 use crate::connection::{Connection, Flow, Lookup};
 use crate::file::OpenFile;
-use crate::fs::{Resolution, Resolver};
+use crate::fs::{FsError, Resolution, Resolver};
 use crate::pool::{Completion, HelperPool, JobKind, Outcome, PoolConfig, Waiter};
 use crate::reactor;
 use crate::residency::{self, Probe, Residency};
@@ -63,26 +64,43 @@ pub struct Ctx {
     /// Finished helper jobs not yet delivered to their connections.
     pub done: Vec<Completion>,
     pub shutting_down: bool,
+    /// Pathname translation cache (None when switched off).
+    pub paths: Option<PathCache>,
+    pub maps: MapCache,
 }
 
 impl Ctx {
     /// Finds the file for a request: `Some` when the answer is known now
-    /// (inline resolution), `None` when a helper will answer later.
+    /// (a path cache hit, or inline resolution), `None` when a helper will
+    /// answer later.
     pub fn lookup(&mut self, me: Waiter, path: &str, ends_with_slash: bool) -> Option<Lookup> {
-        match &mut self.backend {
-            Backend::Inline { resolver } => Some(match resolver.resolve(path, ends_with_slash) {
-                Ok(Resolution::File {
-                    file,
-                    meta,
-                    is_index,
-                }) => Lookup::File {
-                    file: Rc::new(OpenFile::new(file, meta, Probe::Mincore)),
-                    is_index,
-                },
-                Ok(Resolution::Redirect) => Lookup::Redirect,
-                Err(e) => Lookup::Failed(e),
-            }),
-            Backend::Helpers { pool, .. } => {
+        let hit = match &mut self.paths {
+            Some(paths) => paths.get(path, ends_with_slash, self.now),
+            None => PathHit::Miss,
+        };
+        match (hit, &mut self.backend) {
+            (PathHit::Fresh(cached), _) => Some(cached.into()),
+            (PathHit::Aging(cached), Backend::Helpers { pool, .. }) => {
+                // Serve from the cache while a helper revalidates the entry.
+                let job = JobKind::Resolve {
+                    path: path.to_owned(),
+                    ends_with_slash,
+                };
+                if pool
+                    .submit(job, Waiter::PATH_CACHE, &self.poller, &mut self.done)
+                    .is_err()
+                {
+                    if let Some(paths) = &mut self.paths {
+                        paths.revalidation_failed(path, ends_with_slash);
+                    }
+                }
+                Some(cached.into())
+            }
+            (_, Backend::Inline { resolver }) => {
+                let result = resolver.resolve(path, ends_with_slash);
+                Some(self.record(Some((path, ends_with_slash)), result))
+            }
+            (PathHit::Miss, Backend::Helpers { pool, .. }) => {
                 let job = JobKind::Resolve {
                     path: path.to_owned(),
                     ends_with_slash,
@@ -95,6 +113,62 @@ impl Ctx {
         }
     }
 
+    /// Turns a resolution into a lookup result, and records it in the path
+    /// cache. A file that did not change keeps its `OpenFile` (and so its
+    /// cached head); the new descriptor is then simply closed.
+    pub fn record(
+        &mut self,
+        path: Option<(&str, bool)>,
+        result: Result<Resolution, FsError>,
+    ) -> Lookup {
+        let paths = self.paths.as_mut().zip(path);
+        match result {
+            Ok(Resolution::File {
+                file: fd,
+                meta,
+                is_index,
+            }) => {
+                let file = match paths
+                    .as_ref()
+                    .and_then(|(cache, (p, s))| cache.same_file(p, *s, &meta))
+                {
+                    Some(unchanged) => unchanged,
+                    None => {
+                        let probe = match &self.backend {
+                            Backend::Helpers { residency, .. } => residency.probe_for(&meta),
+                            Backend::Inline { .. } => Probe::Mincore,
+                        };
+                        Rc::new(OpenFile::new(fd, meta, probe))
+                    }
+                };
+                if let Some((cache, (p, s))) = paths {
+                    cache.insert(
+                        p,
+                        s,
+                        Cached::File {
+                            file: Rc::clone(&file),
+                            is_index,
+                        },
+                        self.now,
+                    );
+                }
+                Lookup::File { file, is_index }
+            }
+            Ok(Resolution::Redirect) => {
+                if let Some((cache, (p, s))) = paths {
+                    cache.insert(p, s, Cached::Redirect, self.now);
+                }
+                Lookup::Redirect
+            }
+            Err(error) => {
+                if let Some((cache, (p, s))) = paths {
+                    cache.remove(p, s);
+                }
+                Lookup::Failed(error)
+            }
+        }
+    }
+
     /// Whether bytes must be known resident before they are sent.
     pub fn checks_residency(&self) -> bool {
         matches!(self.backend, Backend::Helpers { .. })
@@ -103,7 +177,9 @@ impl Ctx {
     pub fn resident_until(&mut self, file: &OpenFile, start: u64, end: u64) -> u64 {
         match &mut self.backend {
             Backend::Inline { .. } => end,
-            Backend::Helpers { residency, .. } => residency.resident_until(file, start, end),
+            Backend::Helpers { residency, .. } => {
+                residency.resident_until(file, &mut self.maps, start, end)
+            }
         }
     }
 
@@ -180,6 +256,9 @@ impl Server {
                 }
             }
         };
+        let paths = (config.path_cache_entries > 0)
+            .then(|| PathCache::new(config.path_cache_entries, config.path_freshness));
+        let map_cache_bytes = config.map_cache_bytes;
         Ok(Server {
             conns: Slab::with_capacity(1024),
             ctx: Ctx {
@@ -191,6 +270,8 @@ impl Server {
                 backend,
                 done: Vec::new(),
                 shutting_down: false,
+                paths,
+                maps: MapCache::new(map_cache_bytes),
             },
             listeners,
             shutdown,
@@ -383,44 +464,35 @@ impl Server {
     }
 
     fn deliver(&mut self, completion: Completion) {
-        let Completion { waiters, outcome } = completion;
-        match outcome {
-            Outcome::Resolved { fd, meta, is_index } => {
-                let probe = match &self.ctx.backend {
-                    Backend::Helpers { residency, .. } => residency.probe_for(&meta),
-                    Backend::Inline { .. } => Probe::Mincore,
-                };
-                let file = Rc::new(OpenFile::new(fd, meta, probe));
-                for w in waiters {
-                    self.resume(w, |conn, ctx| {
-                        conn.on_lookup(
-                            ctx,
-                            Lookup::File {
-                                file: Rc::clone(&file),
-                                is_index,
-                            },
-                        );
-                        Flow::Keep
-                    });
+        let Completion {
+            waiters,
+            outcome,
+            path,
+        } = completion;
+        let path = path.as_ref().map(|(p, s)| (p.as_str(), *s));
+        let found = match outcome {
+            Outcome::Resolved { fd, meta, is_index } => self.ctx.record(
+                path,
+                Ok(Resolution::File {
+                    file: fd,
+                    meta,
+                    is_index,
+                }),
+            ),
+            Outcome::Redirect => self.ctx.record(path, Ok(Resolution::Redirect)),
+            Outcome::Failed(error) if path.is_some() => self.ctx.record(path, Err(error)),
+            Outcome::Failed(_) | Outcome::Unavailable => {
+                if let (Some(paths), Some((p, s))) = (&mut self.ctx.paths, path) {
+                    paths.revalidation_failed(p, s);
                 }
-            }
-            Outcome::Redirect => self.resume_all(waiters, || Lookup::Redirect),
-            Outcome::Failed(e) => {
-                // A failed prefetch and a failed lookup are told apart by state.
-                for w in waiters {
-                    self.resume(w, |conn, ctx| {
-                        conn.on_lookup(ctx, Lookup::Failed(e));
-                        conn.on_pages_failed(ctx)
-                    });
-                }
-            }
-            Outcome::Unavailable => {
+                // A failed lookup or a failed prefetch: told apart by state.
                 for w in waiters {
                     self.resume(w, |conn, ctx| {
                         conn.on_lookup(ctx, Lookup::Unavailable);
                         conn.on_pages_failed(ctx)
                     });
                 }
+                return;
             }
             Outcome::Prefetched { file, offset, len } => {
                 if let Backend::Helpers { residency, .. } = &mut self.ctx.backend {
@@ -432,14 +504,12 @@ impl Server {
                         Flow::Keep
                     });
                 }
+                return;
             }
-        }
-    }
-
-    fn resume_all(&mut self, waiters: Vec<Waiter>, found: impl Fn() -> Lookup) {
+        };
         for w in waiters {
             self.resume(w, |conn, ctx| {
-                conn.on_lookup(ctx, found());
+                conn.on_lookup(ctx, found.clone());
                 Flow::Keep
             });
         }

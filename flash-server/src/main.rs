@@ -96,6 +96,22 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
     residency_budget: u64,
 
+    /// Entries of the pathname translation cache (0 switches it off).
+    #[arg(long, default_value_t = 6000)]
+    path_cache_entries: usize,
+
+    /// Cached paths are revalidated within this time: changes on disk show by then.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    path_cache_ttl: Duration,
+
+    /// Build every response head anew instead of reusing each file's.
+    #[arg(long)]
+    no_header_cache: bool,
+
+    /// Bytes of files kept mapped (the mapped-file cache; 0 maps on every use).
+    #[arg(long, value_name = "BYTES", default_value = "128M", value_parser = parse_size)]
+    cache_memory: u64,
+
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
@@ -179,6 +195,10 @@ fn run(cli: Cli) -> Result<()> {
     config.shutdown_timeout = cli.shutdown_timeout;
     config.max_connections = cli.max_connections.max(1);
     config.residency_budget = cli.residency_budget;
+    config.path_cache_entries = cli.path_cache_entries;
+    config.path_freshness = cli.path_cache_ttl;
+    config.header_cache = !cli.no_header_cache;
+    config.map_cache_bytes = cli.cache_memory;
     config.limits = flash_http::Limits {
         max_head_bytes: usize::try_from(cli.max_head_bytes).unwrap_or(usize::MAX),
         max_headers: cli.max_headers,
