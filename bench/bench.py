@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -411,11 +412,12 @@ server.errorlog = "{d}/error.log"
 
 
 def make_flash(name: str, arch: str, tmp: str, docroot: str, cpu: str, bin_dir: str,
-               helpers: int | None) -> Server:
+               helpers: int | None, extra: list[str]) -> Server:
     exe = os.path.join(bin_dir, "flash-server")
     cmd = ["taskset", "-c", cpu, exe, docroot, "--listen", "127.0.0.1:0", "--arch", arch]
     if helpers is not None and arch == "amped":
         cmd += ["--helpers", str(helpers)]
+    cmd += extra
     s = Server(name, cmd, tmp, port=None)
     if not os.access(exe, os.X_OK):
         s.missing_reason = f"{exe} not found"
@@ -596,6 +598,8 @@ def main() -> int:
                     help="comma list, e.g. 0,1K,64K,1M (default 0,1K,4K,16K,64K,256K,1M)")
     ap.add_argument("--helpers", type=int, default=int(env("BENCH_HELPERS")) if env("BENCH_HELPERS") else None,
                     help="pass --helpers N to flash AMPED (default: flash's own default)")
+    ap.add_argument("--flash-args", default=env("BENCH_FLASH_ARGS", ""),
+                    help="extra arguments for both flash servers, e.g. '--log-level warn'")
     ap.add_argument("--server-cpu", default=env("BENCH_SERVER_CPU", "0"))
     ap.add_argument("--client-cpu", default=env("BENCH_CLIENT_CPU", "1"))
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build")
@@ -695,8 +699,10 @@ def main() -> int:
     factories = {
         "nginx": lambda: make_nginx(tmp, docroot, a.server_cpu),
         "lighttpd": lambda: make_lighttpd(tmp, docroot, a.server_cpu),
-        "flash-amped": lambda: make_flash("flash-amped", "amped", tmp, docroot, a.server_cpu, bin_dir, a.helpers),
-        "flash-sped": lambda: make_flash("flash-sped", "sped", tmp, docroot, a.server_cpu, bin_dir, a.helpers),
+        "flash-amped": lambda: make_flash("flash-amped", "amped", tmp, docroot, a.server_cpu, bin_dir, a.helpers,
+                                          shlex.split(a.flash_args)),
+        "flash-sped": lambda: make_flash("flash-sped", "sped", tmp, docroot, a.server_cpu, bin_dir, a.helpers,
+                                         shlex.split(a.flash_args)),
     }
     cfg_dir = os.path.join(a.out, "configs")
     shutil.rmtree(cfg_dir, ignore_errors=True)
@@ -848,6 +854,8 @@ def summarize(rows, name, n):
         return None
     return dict(
         req_s=median_or_none([r["req_s"] for r in rs]),
+        spread=(lambda xs: (max(xs) - min(xs)) / statistics.median(xs) * 100 if len(xs) > 1 and statistics.median(xs) else None)(
+            [r["req_s"] for r in rs if r["req_s"] is not None]),
         cpu_us=(lambda m: m / 1000 if m is not None else None)(median_or_none([r["cpu_ns_per_req"] for r in rs])),
         errors=sum(r["errors"] for r in rs),
         detail="; ".join(f"run {r['run']}: {r['error_detail']}" for r in rs if r["errors"]),
@@ -856,9 +864,9 @@ def summarize(rows, name, n):
 
 def render_markdown(rows, servers, sizes, skip, missing) -> str:
     lines = [
-        "| size | server | req/s (median) | server CPU µs/req (median) | req/s vs best peer (higher better) "
-        "| CPU/req vs best peer (lower better) | errors |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| size | server | req/s (median) | req/s spread | server CPU µs/req (median) "
+        "| req/s vs best peer (higher better) | CPU/req vs best peer (lower better) | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for n in sizes:
         stats = {s: summarize(rows, s, n) for s in servers}
@@ -873,7 +881,7 @@ def render_markdown(rows, servers, sizes, skip, missing) -> str:
             first = False
             if st is None:
                 why = skip.get((s, n)) or (missing.get(s) and "missing") or "not measured"
-                lines.append(f"| {label} | {s} | — | — | — | — | {why[:80]} |")
+                lines.append(f"| {label} | {s} | — | | — | — | — | {why[:80]} |")
                 continue
             tput = f"{st['req_s']:,.0f}" if st["req_s"] is not None else "—"
             cpu = f"{st['cpu_us']:.2f}" if st["cpu_us"] is not None else "—"
@@ -884,7 +892,8 @@ def render_markdown(rows, servers, sizes, skip, missing) -> str:
                 if best_cpu and st["cpu_us"] is not None:
                     rc = f"**{st['cpu_us'] / best_cpu[1]['cpu_us']:.2f}×** ({best_cpu[0]})"
             err = f"⚠ {st['errors']}: {st['detail'][:120]}" if st["errors"] else ""
-            lines.append(f"| {label} | {s} | {tput} | {cpu} | {rt} | {rc} | {err} |")
+            spread = f"±{st['spread'] / 2:.0f}%" if st["spread"] is not None else ""
+            lines.append(f"| {label} | {s} | {tput} | {spread} | {cpu} | {rt} | {rc} | {err} |")
     return "\n".join(lines)
 
 

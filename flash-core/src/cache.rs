@@ -199,6 +199,9 @@ impl PathCache {
 /// window never straddles two chunks.
 pub const CHUNK: u64 = 8 * crate::residency::WINDOW;
 
+/// Stale LRU entries tolerated before the queue is compacted.
+const ORDER_SLACK: usize = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ChunkKey {
     dev: u64,
@@ -223,7 +226,9 @@ impl MapCache {
             budget,
             mapped: 0,
             chunks: HashMap::new(),
-            order: VecDeque::new(),
+            // At most 2 entries per chunk plus the slack (see trim_order):
+            // reserved, so hits never grow it.
+            order: VecDeque::with_capacity(2 * ORDER_SLACK),
             clock: 0,
         }
     }
@@ -309,7 +314,7 @@ impl MapCache {
 
     /// Drops stale queue entries so the queue stays proportional to the chunks.
     fn trim_order(&mut self) {
-        if self.order.len() > 2 * self.chunks.len() + 64 {
+        if self.order.len() > 2 * self.chunks.len() + ORDER_SLACK {
             let chunks = &self.chunks;
             self.order
                 .retain(|(key, stamp)| chunks.get(key).is_some_and(|(_, used)| used == stamp));

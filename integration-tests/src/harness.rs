@@ -187,11 +187,23 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so the server reaps its helpers (a SIGKILLed server
+    /// leaves them to init, which in a container may never reap them);
+    /// SIGKILL if it is still running after a bounded grace period.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(child.id(), libc::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
