@@ -197,8 +197,7 @@ impl Connection {
         self.deadline = None;
         if self.state == State::Reading && self.request_begun && !self.response_started {
             debug!("request head timeout");
-            self.respond_error(ctx, Status::REQUEST_TIMEOUT, ErrorExtra::None, false);
-            self.keep_alive = false;
+            self.respond_fatal(ctx, Status::REQUEST_TIMEOUT);
             self.deadline = Some(ctx.now + ctx.config.send_timeout.min(LINGER));
             return Flow::Keep;
         }
@@ -263,11 +262,9 @@ impl Connection {
         match self.socket.read(&mut self.read_buf[self.read_end..]) {
             Ok(0) => Step::Close,
             Ok(n) => {
-                // A short read drained the socket: skip the read that would
-                // only say EAGAIN; new bytes raise a new edge.
-                if self.read_end + n < self.read_buf.len() {
-                    self.readable = false;
-                }
+                // No shortcut on a short read: without EPOLLRDHUP (which
+                // `polling` does not expose) a FIN that came with the data
+                // raises no new edge, so only reading to EAGAIN sees it.
                 self.read_end += n;
                 if !self.request_begun && self.discard == 0 {
                     self.request_begun = true;
@@ -288,8 +285,7 @@ impl Connection {
         debug!("bad request: {error:?}");
         // The stream cannot be resynchronised: answer, then close.
         self.read_start = self.read_end;
-        self.respond_error(ctx, error.status(), ErrorExtra::None, false);
-        self.keep_alive = false;
+        self.respond_fatal(ctx, error.status());
         Step::Continue
     }
 
@@ -328,8 +324,7 @@ impl Connection {
             Ok(Parse::Complete(req)) => self.respond(ctx, &req, found),
             _ => {
                 // Cannot happen: the same bytes parsed before.
-                self.respond_error(ctx, Status::INTERNAL_SERVER_ERROR, ErrorExtra::None, false);
-                self.keep_alive = false;
+                self.respond_fatal(ctx, Status::INTERNAL_SERVER_ERROR);
             }
         }
         self.read_buf = buf;
@@ -359,8 +354,7 @@ impl Connection {
         self.write_buf.clear();
         self.write_pos = 0;
         self.body = None;
-        self.keep_alive = false;
-        self.respond_error(ctx, Status::SERVICE_UNAVAILABLE, ErrorExtra::None, false);
+        self.respond_fatal(ctx, Status::SERVICE_UNAVAILABLE);
         Flow::Keep
     }
 
@@ -383,6 +377,12 @@ impl Connection {
         self.keep_alive = req.keep_alive && !ctx.shutting_down;
         self.respond_error(ctx, status, extra, req.method == Method::Head);
         self.consume_request(req);
+    }
+
+    /// An error after which the connection closes (it says so in its head).
+    fn respond_fatal(&mut self, ctx: &mut Ctx, status: Status) {
+        self.keep_alive = false;
+        self.respond_error(ctx, status, ErrorExtra::None, false);
     }
 
     fn respond_error(
