@@ -7,15 +7,14 @@
 //!   helper in the background during the second half, and not trusted after
 //!   it: a file replaced, changed or deleted is noticed within the interval,
 //!   and the main loop never waits on the disk to find out.
-//! - [`MapCache`]: files mapped in chunks, least recently used unmapped first
-//!   when the mapped total passes the budget (the paper's mapped-file cache).
-//!   A budget of 0 maps on every use (the cache switched off).
+//! - [`MapCache`]: files mapped in chunks, unmapped when the mapped total
+//!   passes the budget (the paper's mapped-file cache). A budget of 0 maps
+//!   on every use (the cache switched off).
 //!
-//! Both evict without allocating on a hit: the path cache uses a clock
-//! (second chance) over a fixed set of slots; the map cache an LRU queue of
-//! small copyable keys.
+//! Both evict by a clock (second chance) over their slots, so a hit only sets
+//! a bit: no allocation and no list maintenance per request.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -199,9 +198,6 @@ impl PathCache {
 /// window never straddles two chunks.
 pub const CHUNK: u64 = 8 * crate::residency::WINDOW;
 
-/// Stale LRU entries tolerated before the queue is compacted.
-const ORDER_SLACK: usize = 64;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ChunkKey {
     dev: u64,
@@ -211,12 +207,20 @@ struct ChunkKey {
     index: u64,
 }
 
+struct Chunk {
+    key: ChunkKey,
+    map: Mmap,
+    referenced: bool,
+}
+
+/// Mapped chunks, evicted by a clock (second chance): a hit only sets a bit.
 pub struct MapCache {
     budget: u64,
     mapped: u64,
-    chunks: HashMap<ChunkKey, (Mmap, u64)>,
-    order: VecDeque<(ChunkKey, u64)>,
-    clock: u64,
+    index: HashMap<ChunkKey, usize>,
+    slots: Vec<Option<Chunk>>,
+    free: Vec<usize>,
+    hand: usize,
 }
 
 impl MapCache {
@@ -225,11 +229,10 @@ impl MapCache {
         MapCache {
             budget,
             mapped: 0,
-            chunks: HashMap::new(),
-            // At most 2 entries per chunk plus the slack (see trim_order):
-            // reserved, so hits never grow it.
-            order: VecDeque::with_capacity(2 * ORDER_SLACK),
-            clock: 0,
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            hand: 0,
         }
     }
 
@@ -242,6 +245,12 @@ impl MapCache {
         if start >= end || (end - 1) / CHUNK != index {
             return None;
         }
+        if self.budget == 0 {
+            // The cache is off: every use maps anew.
+            while !self.index.is_empty() {
+                self.evict_one();
+            }
+        }
         let meta = &file.meta;
         let key = ChunkKey {
             dev: meta.dev,
@@ -250,74 +259,78 @@ impl MapCache {
             size: meta.size,
             index,
         };
-        self.clock += 1;
-        let stamp = self.clock;
-        let base = match self.chunks.get_mut(&key) {
-            Some((map, used)) => {
-                *used = stamp;
-                map.as_ptr()
-            }
-            None => {
-                let chunk_start = index * CHUNK;
-                let len = CHUNK.min(file.len() - chunk_start);
-                // SAFETY: read-only mapping whose bytes user code never reads
-                // (addresses go to writev and mincore only), so a concurrent
-                // truncation cannot fault this process. Offset and length are
-                // page aligned and inside the file as the helper saw it.
-                let map = unsafe {
-                    MmapOptions::new()
-                        .offset(chunk_start)
-                        .len(len as usize)
-                        .map(file.fd().as_raw_fd())
-                }
-                .ok()?;
-                let base = map.as_ptr();
-                self.mapped += len;
-                self.chunks.insert(key, (map, stamp));
-                self.evict(key);
-                base
-            }
+        let slot = match self.index.get(&key) {
+            Some(&slot) => slot,
+            None => self.map_chunk(file, key)?,
         };
-        self.order.push_back((key, stamp));
-        self.trim_order();
+        let chunk = self.slots[slot].as_mut()?;
+        chunk.referenced = true;
         // Pointer arithmetic only: the memory is not touched.
+        let ptr = chunk
+            .map
+            .as_ptr()
+            .wrapping_add((start - index * CHUNK) as usize);
         Some(RawRegion {
-            ptr: base.wrapping_add((start - index * CHUNK) as usize),
+            ptr,
             len: (end - start) as usize,
         })
     }
 
-    /// Unmaps least recently used chunks while over budget, sparing `keep`.
-    fn evict(&mut self, keep: ChunkKey) {
-        while self.mapped > self.budget {
-            let Some((key, stamp)) = self.order.pop_front() else {
-                break;
-            };
-            if key == keep {
-                self.order.push_back((key, stamp));
-                if self.chunks.len() == 1 {
-                    break;
-                }
-                continue;
-            }
-            if self
-                .chunks
-                .get(&key)
-                .is_some_and(|(_, used)| *used == stamp)
-            {
-                if let Some((map, _)) = self.chunks.remove(&key) {
-                    self.mapped -= map.len() as u64;
-                }
-            }
+    fn map_chunk(&mut self, file: &OpenFile, key: ChunkKey) -> Option<usize> {
+        let chunk_start = key.index * CHUNK;
+        let len = CHUNK.min(file.len() - chunk_start);
+        // Make room first, so the new chunk is never its own victim.
+        while self.mapped + len > self.budget && !self.index.is_empty() {
+            self.evict_one();
         }
+        // SAFETY: read-only mapping whose bytes user code never reads
+        // (addresses go to writev and mincore only), so a concurrent
+        // truncation cannot fault this process. Offset and length are page
+        // aligned and inside the file as the helper saw it.
+        let map = unsafe {
+            MmapOptions::new()
+                .offset(chunk_start)
+                .len(len as usize)
+                .map(file.fd().as_raw_fd())
+        }
+        .ok()?;
+        self.mapped += len;
+        let chunk = Some(Chunk {
+            key,
+            map,
+            referenced: false,
+        });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = chunk;
+                slot
+            }
+            None => {
+                self.slots.push(chunk);
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(key, slot);
+        Some(slot)
     }
 
-    /// Drops stale queue entries so the queue stays proportional to the chunks.
-    fn trim_order(&mut self) {
-        if self.order.len() > 2 * self.chunks.len() + ORDER_SLACK {
-            let chunks = &self.chunks;
-            self.order
-                .retain(|(key, stamp)| chunks.get(key).is_some_and(|(_, used)| used == stamp));
+    /// Unmaps the first chunk the clock hand finds not referenced since its last pass.
+    fn evict_one(&mut self) {
+        loop {
+            let slot = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            let Some(chunk) = &mut self.slots[slot] else {
+                continue;
+            };
+            if std::mem::take(&mut chunk.referenced) {
+                continue;
+            }
+            if let Some(chunk) = self.slots[slot].take() {
+                self.index.remove(&chunk.key);
+                self.mapped -= chunk.map.len() as u64;
+                self.free.push(slot);
+            }
+            return;
         }
     }
 

@@ -22,6 +22,8 @@ pub struct OpenFile {
     /// a probe turns out unsupported).
     pub probe: Cell<Probe>,
     head: RefCell<Option<HeadTemplate>>,
+    /// Last residency answer: (loop iteration, start, resident until).
+    residency_memo: Cell<(u64, u64, u64)>,
 }
 
 /// A complete `200 OK` keep-alive head for this file; only Date changes.
@@ -42,7 +44,18 @@ impl OpenFile {
             meta,
             probe: Cell::new(probe),
             head: RefCell::new(None),
+            residency_memo: Cell::new((u64::MAX, 0, 0)),
         }
+    }
+
+    /// The residency answer given for `offset` during loop iteration `tick`, if any.
+    pub fn memo_resident_until(&self, tick: u64, offset: u64) -> Option<u64> {
+        let (at, start, until) = self.residency_memo.get();
+        (at == tick && start <= offset && offset < until).then_some(until)
+    }
+
+    pub fn memo_residency(&self, tick: u64, start: u64, until: u64) {
+        self.residency_memo.set((tick, start, until));
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

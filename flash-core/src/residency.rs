@@ -23,7 +23,7 @@ use crate::fs::FileMeta;
 use crate::sys;
 
 /// Bytes checked, prefetched and trusted as one unit.
-pub const WINDOW: u64 = 256 * 1024;
+pub const WINDOW: u64 = 1024 * 1024;
 
 /// Start of the window holding `offset`.
 pub fn window_start(offset: u64) -> u64 {

@@ -67,6 +67,8 @@ pub struct Ctx {
     /// Pathname translation cache (None when switched off).
     pub paths: Option<PathCache>,
     pub maps: MapCache,
+    /// Loop iterations so far (memoises answers within one iteration).
+    pub tick: u64,
 }
 
 impl Ctx {
@@ -174,13 +176,21 @@ impl Ctx {
         matches!(self.backend, Backend::Helpers { .. })
     }
 
+    /// How far from `start` the bytes are known resident. Asked once per
+    /// file window per loop iteration: the many requests for one hot file
+    /// that an iteration serves share one `mincore`.
     pub fn resident_until(&mut self, file: &OpenFile, start: u64, end: u64) -> u64 {
-        match &mut self.backend {
-            Backend::Inline { .. } => end,
-            Backend::Helpers { residency, .. } => {
-                residency.resident_until(file, &mut self.maps, start, end)
-            }
+        let Backend::Helpers { residency, .. } = &mut self.backend else {
+            return end;
+        };
+        if let Some(until) = file.memo_resident_until(self.tick, start) {
+            return until.min(end);
         }
+        let until = residency.resident_until(file, &mut self.maps, start, end);
+        if until > start {
+            file.memo_residency(self.tick, start, until);
+        }
+        until
     }
 
     /// Asks a helper to load the window holding `offset`; false if refused.
@@ -272,6 +282,7 @@ impl Server {
                 shutting_down: false,
                 paths,
                 maps: MapCache::new(map_cache_bytes),
+                tick: 0,
             },
             listeners,
             shutdown,
@@ -316,6 +327,7 @@ impl Server {
             }
             self.ctx.now = Instant::now();
             self.ctx.wall = SystemTime::now();
+            self.ctx.tick += 1;
             for event in events.iter() {
                 match event.key {
                     SHUTDOWN_KEY => {
