@@ -433,14 +433,7 @@ impl Server {
 
     fn pause_accept(&mut self, resume_at: Option<Instant>) {
         if !self.accept_paused {
-            for (i, l) in self.listeners.iter().enumerate() {
-                let _ = reactor::modify_level(
-                    &self.ctx.poller,
-                    l.as_fd(),
-                    Event::none(LISTENER_BASE + i),
-                );
-            }
-            self.accept_paused = true;
+            self.set_accepting(false);
         }
         self.accept_resume_at = resume_at;
     }
@@ -449,21 +442,26 @@ impl Server {
         if !self.accept_paused
             || self.ctx.shutting_down
             || self.conns.len() >= self.ctx.config.max_connections
+            || self.accept_resume_at.is_some_and(|t| self.ctx.now < t)
         {
             return;
         }
-        if self.accept_resume_at.is_some_and(|t| self.ctx.now < t) {
-            return;
-        }
-        for (i, l) in self.listeners.iter().enumerate() {
-            let _ = reactor::modify_level(
-                &self.ctx.poller,
-                l.as_fd(),
-                Event::readable(LISTENER_BASE + i),
-            );
-        }
-        self.accept_paused = false;
+        self.set_accepting(true);
         self.accept_resume_at = None;
+    }
+
+    /// Switches the listeners' readiness interest on or off.
+    fn set_accepting(&mut self, on: bool) {
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = LISTENER_BASE + i;
+            let interest = if on {
+                Event::readable(key)
+            } else {
+                Event::none(key)
+            };
+            let _ = reactor::modify_level(&self.ctx.poller, l.as_fd(), interest);
+        }
+        self.accept_paused = !on;
     }
 
     /// Hands finished helper jobs to the connections waiting for them.

@@ -1,13 +1,14 @@
 //! Starts the real `flash-server` binary on a free loopback port and offers
 //! small, honest clients: raw sockets with a minimal response reader, curl,
-//! and Python's http.client.
+//! and Python's http.client; plus the test data the tests share (generated
+//! file contents, file times, and an independent HTTP date formatter).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Bound on any single wait in the tests: a hang fails instead of blocking CI.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -304,10 +305,38 @@ pub fn get(server: &Server, path: &str) -> Response {
     )
 }
 
+/// A keep-alive HTTP/1.1 request (`Host: t`) with optional extra header
+/// lines, each ending in CRLF.
+pub fn request(method: &str, path: &str, extra: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").into_bytes()
+}
+
+/// A connection for several exchanges, split into a writer and a buffered
+/// reader of the same socket (with the timeouts of [`Server::connect`]).
+pub fn connect(server: &Server) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = server.connect();
+    let reader = BufReader::new(stream.try_clone().expect("clone socket"));
+    (stream, reader)
+}
+
 /// True when the peer closed the connection (EOF) without sending more.
 pub fn reads_eof(stream: &mut TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(stream.read(&mut byte), Ok(0))
+}
+
+/// Asserts that nothing follows the last response read from `reader` (its
+/// buffer is empty) and that the peer then closes; `what` names the case.
+pub fn assert_closed(reader: &mut BufReader<TcpStream>, what: &str) {
+    assert!(
+        reader.buffer().is_empty(),
+        "{what}: unexpected bytes after the response: {:?}",
+        String::from_utf8_lossy(reader.buffer())
+    );
+    assert!(
+        reads_eof(reader.get_mut()),
+        "{what}: the server should have closed the connection"
+    );
 }
 
 /// Runs curl with `args` (plus `-sS` and a time bound); returns its output.
@@ -325,4 +354,74 @@ pub fn python(script: &str) -> Output {
         .args(["-c", script])
         .output()
         .expect("python3 must be installed")
+}
+
+// ---- test data --------------------------------------------------------
+
+/// Deterministic pseudo-random bytes (xorshift64*). Only the seed's upper 63
+/// bits count (`seed` and `seed | 1` give the same bytes).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Position-dependent bytes that differ for every `seed` (a multiplicative
+/// hash of position and seed), so swapped or shifted bodies show.
+pub fn seeded_bytes(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| {
+            (i.wrapping_add(seed.wrapping_mul(7919))
+                .wrapping_mul(2_654_435_761)
+                >> 24) as u8
+        })
+        .collect()
+}
+
+/// Sets the modification time of the file at `path` to `secs` after the Unix epoch.
+pub fn set_mtime(path: &Path, secs: u64) {
+    let file = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open for set_modified");
+    file.set_modified(UNIX_EPOCH + Duration::from_secs(secs))
+        .expect("set mtime");
+}
+
+/// IMF-fixdate (RFC 9110 5.6.7) of a Unix time: the tests' own formatter, an
+/// oracle independent of the server's.
+pub fn imf_fixdate(secs: u64) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

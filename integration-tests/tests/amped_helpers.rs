@@ -12,7 +12,9 @@ use std::net::TcpStream;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{get, read_response, signal, Response, Server, TempDir};
+use integration_tests::harness::{
+    get, read_response, seeded_bytes, signal, Response, Server, TempDir,
+};
 use integration_tests::slowfs::SlowFs;
 
 /// Bound on waiting for an observable event (a read at the disk, a respawned helper).
@@ -20,14 +22,9 @@ const EVENT_DEADLINE: Duration = Duration::from_secs(30);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const FILE_SIZE: usize = 64 * 1024;
 
+/// The content of test file number `seed`.
 fn content(seed: u32) -> Vec<u8> {
-    (0..FILE_SIZE as u32)
-        .map(|i| {
-            (i.wrapping_add(seed.wrapping_mul(7919))
-                .wrapping_mul(2_654_435_761)
-                >> 24) as u8
-        })
-        .collect()
+    seeded_bytes(FILE_SIZE, seed)
 }
 
 /// Polls `cond` until it holds; panics with `what()` after `EVENT_DEADLINE`.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{get, read_response, Server, TempDir};
+use integration_tests::harness::{get, read_response, seeded_bytes, Server, TempDir};
 use integration_tests::slowfs::SlowFs;
 
 /// Delay of every read reaching the slow disk. Large against scheduling noise: all the
@@ -41,13 +41,7 @@ const NOBODY_UID: u32 = 65534;
 
 /// Distinct, position-dependent content per file, so swapped or shifted bodies show.
 fn content(seed: u32) -> Vec<u8> {
-    (0..FILE_SIZE as u32)
-        .map(|i| {
-            (i.wrapping_add(seed.wrapping_mul(7919))
-                .wrapping_mul(2_654_435_761)
-                >> 24) as u8
-        })
-        .collect()
+    seeded_bytes(FILE_SIZE, seed)
 }
 
 /// Polls `cond` until it holds; panics with `what` after `EVENT_DEADLINE`.

@@ -4,14 +4,14 @@
 //! query strings, percent-encoded names, methods, the demo site, large files
 //! (curl, Python http.client, concurrent), and a Python keep-alive session.
 
-use std::io::{BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use integration_tests::harness::{
-    curl, get, python, read_response, reads_eof, Response, Server, TempDir,
+    assert_closed, connect, curl, get, imf_fixdate, python, random_bytes, read_response, request,
+    set_mtime, Response, Server, TempDir,
 };
 
 /// Sun, 06 Nov 1994 08:49:37 GMT: the mtime given to files whose
@@ -24,57 +24,6 @@ const AMPED: &[&str] = &[];
 
 // ---- helpers ----------------------------------------------------------
 
-/// A keep-alive HTTP/1.1 request with optional extra header lines (each ending in CRLF).
-fn request(method: &str, path: &str, extra: &str) -> Vec<u8> {
-    format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").into_bytes()
-}
-
-/// A connection split into a writer and a buffered reader.
-fn connect(server: &Server) -> (TcpStream, BufReader<TcpStream>) {
-    let stream = server.connect();
-    let reader = BufReader::new(stream.try_clone().expect("clone socket"));
-    (stream, reader)
-}
-
-fn set_mtime(path: &Path, secs: u64) {
-    let file = std::fs::File::options()
-        .write(true)
-        .open(path)
-        .expect("open for set_modified");
-    file.set_modified(UNIX_EPOCH + Duration::from_secs(secs))
-        .expect("set mtime");
-}
-
-/// IMF-fixdate (RFC 9110 5.6.7) of a Unix time.
-fn imf_fixdate(secs: u64) -> String {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        WEEKDAYS[(days % 7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -82,34 +31,18 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Asserts that nothing follows the last response and the peer closes.
-fn assert_closed(reader: &mut BufReader<TcpStream>, what: &str) {
+/// Runs a Python 3 script and asserts that it succeeded and printed `OK`.
+fn assert_python_ok(script: &str) {
+    let out = python(script);
     assert!(
-        reader.buffer().is_empty(),
-        "{what}: unexpected bytes after the response: {:?}",
-        text(reader.buffer())
-    );
-    assert!(
-        reads_eof(reader.get_mut()),
-        "{what}: the server should have closed the connection"
+        out.status.success() && text(&out.stdout).trim() == "OK",
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
     );
 }
 
@@ -682,13 +615,7 @@ print("OK")
 "#,
         port = server.addr.port()
     );
-    let out = python(&script);
-    assert!(
-        out.status.success() && text(&out.stdout).trim() == "OK",
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_python_ok(&script);
 }
 
 // ---- large files ------------------------------------------------------------
@@ -751,13 +678,7 @@ print("OK")
         port = server.addr.port(),
         path = root.path().join("big.bin").to_str().unwrap()
     );
-    let out = python(&script);
-    assert!(
-        out.status.success() && text(&out.stdout).trim() == "OK",
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_python_ok(&script);
 }
 
 #[test]

@@ -8,7 +8,9 @@
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 
-use integration_tests::harness::{curl, get, read_response, reads_eof, Response, Server, TempDir};
+use integration_tests::harness::{
+    assert_closed, curl, get, read_response, reads_eof, Response, Server, TempDir,
+};
 
 const SPED: &[&str] = &["--arch", "sped"];
 const AMPED: &[&str] = &[];
@@ -32,6 +34,21 @@ fn head_of_len(len: usize) -> Vec<u8> {
     let end = "\r\n\r\n";
     let pad = len - start.len() - end.len();
     format!("{start}{}{end}", "p".repeat(pad)).into_bytes()
+}
+
+/// A GET for /a.txt with exactly `n` header fields (Host and `n - 1` others).
+fn head_with_fields(n: usize) -> Vec<u8> {
+    let mut s = String::from("GET /a.txt HTTP/1.1\r\nHost: t\r\n");
+    for i in 1..n {
+        s.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+/// A GET whose target (`/ttt...`, no such file) is exactly `len` bytes long.
+fn get_target_of_len(len: usize) -> Vec<u8> {
+    format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "t".repeat(len - 1)).into_bytes()
 }
 
 /// Sends `bytes` followed by a valid pipelined GET on a fresh connection;
@@ -72,6 +89,24 @@ fn expect_error_and_close(server: &Server, bytes: &[u8], statuses: &[u16]) -> Re
     resp
 }
 
+/// Sends the unfinished start of a request on a fresh connection; expects
+/// the error `status` before the request ends (`expect` if none comes),
+/// marked `Connection: close`, and then EOF.
+fn expect_early_error(server: &Server, partial: &[u8], status: u16, expect: &str) {
+    let mut stream = server.connect();
+    stream.write_all(partial).unwrap();
+    let mut reader = BufReader::new(stream);
+    let resp = read_response(&mut reader, false).expect(expect);
+    assert_eq!(resp.status, status);
+    assert!(reads_eof(reader.get_mut()));
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "the {} is followed by a close, but its head says otherwise",
+        resp.status
+    );
+}
+
 /// A request for messages: long ones are abbreviated.
 fn shown(bytes: &[u8]) -> String {
     if bytes.len() <= 160 {
@@ -107,50 +142,28 @@ fn head_larger_than_16k_is_431() {
 fn oversized_head_without_end_is_431_without_waiting_for_the_rest() {
     let root = simple_root("parse-431-partial");
     let server = Server::start(root.path(), &[]);
-    let mut stream = server.connect();
     // 20 KiB of one header value and no line end: the limit is already passed.
     let mut bytes = b"GET /a.txt HTTP/1.1\r\nHost: t\r\nX-Pad: ".to_vec();
     bytes.extend(std::iter::repeat(b'p').take(20 * 1024));
-    stream.write_all(&bytes).unwrap();
-    let mut reader = BufReader::new(stream);
-    let resp = read_response(&mut reader, false).expect("431 before the head ends");
-    assert_eq!(resp.status, 431);
-    assert!(reads_eof(reader.get_mut()));
-    assert_eq!(
-        resp.header("connection"),
-        Some("close"),
-        "the {} is followed by a close, but its head says otherwise",
-        resp.status
-    );
+    expect_early_error(&server, &bytes, 431, "431 before the head ends");
 }
 
 #[test]
 fn more_than_64_headers_is_431() {
     let root = simple_root("parse-headers");
     let server = Server::start(root.path(), &[]);
-    let with_fields = |n: usize| {
-        let mut s = String::from("GET /a.txt HTTP/1.1\r\nHost: t\r\n");
-        for i in 1..n {
-            s.push_str(&format!("X-H{i}: v\r\n"));
-        }
-        s.push_str("\r\n");
-        s.into_bytes()
-    };
-    assert_eq!(expect_ok(&server, &with_fields(64), 200).body, b"aaa");
-    expect_error_and_close(&server, &with_fields(65), &[431]);
-    expect_error_and_close(&server, &with_fields(200), &[431]);
+    assert_eq!(expect_ok(&server, &head_with_fields(64), 200).body, b"aaa");
+    expect_error_and_close(&server, &head_with_fields(65), &[431]);
+    expect_error_and_close(&server, &head_with_fields(200), &[431]);
 }
 
 #[test]
 fn target_longer_than_8k_is_414() {
     let root = simple_root("parse-414");
     let server = Server::start(root.path(), &[]);
-    let target = |len: usize| format!("/{}", "t".repeat(len - 1));
     // At the limit: parsed, and simply not found.
-    let ok = format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", target(8192));
-    expect_ok(&server, ok.as_bytes(), 404);
-    let long = format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", target(8193));
-    expect_error_and_close(&server, long.as_bytes(), &[414]);
+    expect_ok(&server, &get_target_of_len(8192), 404);
+    expect_error_and_close(&server, &get_target_of_len(8193), &[414]);
     // A query counts too.
     let long = format!(
         "GET /a.txt?{} HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -163,18 +176,12 @@ fn target_longer_than_8k_is_414() {
 fn long_target_is_414_before_the_request_line_ends() {
     let root = simple_root("parse-414-partial");
     let server = Server::start(root.path(), &[]);
-    let mut stream = server.connect();
     let partial = format!("GET /{}", "t".repeat(9000));
-    stream.write_all(partial.as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let resp = read_response(&mut reader, false).expect("414 for an unfinished long target");
-    assert_eq!(resp.status, 414);
-    assert!(reads_eof(reader.get_mut()));
-    assert_eq!(
-        resp.header("connection"),
-        Some("close"),
-        "the {} is followed by a close, but its head says otherwise",
-        resp.status
+    expect_early_error(
+        &server,
+        partial.as_bytes(),
+        414,
+        "414 for an unfinished long target",
     );
 }
 
@@ -195,19 +202,11 @@ fn limits_are_configurable() {
     assert_eq!(expect_ok(&server, &head_of_len(1024), 200).body, b"aaa");
     expect_error_and_close(&server, &head_of_len(1025), &[431]);
 
-    let fields = |n: usize| {
-        let mut s = String::from("GET /a.txt HTTP/1.1\r\nHost: t\r\n");
-        for i in 1..n {
-            s.push_str(&format!("X-H{i}: v\r\n"));
-        }
-        s + "\r\n"
-    };
-    expect_ok(&server, fields(4).as_bytes(), 200);
-    expect_error_and_close(&server, fields(5).as_bytes(), &[431]);
+    expect_ok(&server, &head_with_fields(4), 200);
+    expect_error_and_close(&server, &head_with_fields(5), &[431]);
 
-    let target = |len: usize| format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "t".repeat(len - 1));
-    expect_ok(&server, target(100).as_bytes(), 404);
-    expect_error_and_close(&server, target(101).as_bytes(), &[414]);
+    expect_ok(&server, &get_target_of_len(100), 404);
+    expect_error_and_close(&server, &get_target_of_len(101), &[414]);
 }
 
 #[test]
@@ -371,8 +370,7 @@ fn differing_duplicate_content_length_is_400_and_closes() {
         let resp = read_response(&mut reader, false).unwrap();
         assert_eq!((resp.status, resp.body.as_slice()), (200, &b"aaa"[..]));
     }
-    assert!(reader.buffer().is_empty());
-    assert!(reads_eof(reader.get_mut()));
+    assert_closed(&mut reader, "after Connection: close");
 }
 
 #[test]
@@ -393,8 +391,7 @@ fn parse_error_after_a_good_request_still_closes() {
     assert_eq!(first.header("connection"), Some("keep-alive"));
     let second = read_response(&mut reader, false).unwrap();
     assert_eq!(second.status, 400);
-    assert!(reader.buffer().is_empty(), "{:?}", text(reader.buffer()));
-    assert!(reads_eof(reader.get_mut()));
+    assert_closed(&mut reader, "after the 400");
     assert_eq!(
         second.header("connection"),
         Some("close"),
