@@ -59,6 +59,8 @@ pub struct PathCache {
     capacity: usize,
     hand: usize,
     freshness: Duration,
+    /// Slots emptied by `remove`.
+    free: Vec<usize>,
 }
 
 impl PathCache {
@@ -69,6 +71,7 @@ impl PathCache {
             capacity: capacity.max(1),
             hand: 0,
             freshness,
+            free: Vec::new(),
         }
     }
 
@@ -129,10 +132,15 @@ impl PathCache {
             referenced: false,
             revalidating: false,
         };
-        let i = if self.slots.len() < self.capacity {
+        let i = if let Some(free) = self.free.pop() {
+            self.slots[free] = slot;
+            free
+        } else if self.slots.len() < self.capacity {
             self.slots.push(slot);
             self.slots.len() - 1
         } else {
+            // Every slot is in use (free ones are taken first), so the
+            // clock never picks a freed slot.
             let victim = self.clock_victim();
             self.unindex(victim);
             self.slots[victim] = slot;
@@ -146,9 +154,11 @@ impl PathCache {
     pub fn remove(&mut self, path: &str, ends_with_slash: bool) {
         if let Some(i) = self.slot_of(path, ends_with_slash) {
             self.unindex(i);
-            // Leave an unreachable slot for the clock to reuse first.
-            self.slots[i].referenced = false;
-            self.slots[i].validated_at = Instant::now() - self.freshness;
+            // Drop the file now (its descriptor pins a deleted inode) and
+            // reuse the slot before any other.
+            self.slots[i].value = Cached::Redirect;
+            self.slots[i].path = String::new();
+            self.free.push(i);
         }
     }
 
@@ -404,6 +414,25 @@ mod tests {
         assert!(matches!(cache.get("a", false, t0), PathHit::Fresh(_)));
         assert!(matches!(cache.get("b", false, t0), PathHit::Miss));
         assert!(matches!(cache.get("c", false, t0), PathHit::Fresh(_)));
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn removing_a_path_closes_its_file_and_frees_its_slot() {
+        let t0 = Instant::now();
+        let mut cache = PathCache::new(2, Duration::from_secs(60));
+        let f = open_file(3);
+        cache.insert("gone", false, file_entry(&f), t0);
+        assert_eq!(Rc::strong_count(&f), 2);
+        cache.remove("gone", false);
+        assert_eq!(Rc::strong_count(&f), 1, "the cache let go of the file");
+        cache.insert("a", false, file_entry(&f), t0);
+        cache.insert("b", false, file_entry(&f), t0);
+        assert!(matches!(cache.get("a", false, t0), PathHit::Fresh(_)));
+        assert!(
+            matches!(cache.get("b", false, t0), PathHit::Fresh(_)),
+            "the freed slot was reused, nothing evicted"
+        );
         assert_eq!(cache.len(), 2);
     }
 

@@ -73,7 +73,14 @@ enum State {
 pub enum Flow {
     Keep,
     Close,
+    /// Used its share of this loop iteration; drive it again soon.
+    Yield,
 }
+
+/// State-machine steps one connection may take per turn (a request takes
+/// about four), so a client streaming pipelined requests or garbage cannot
+/// starve the others or the timers.
+const STEP_BUDGET: usize = 256;
 
 enum Step {
     Continue,
@@ -177,7 +184,7 @@ impl Connection {
 
     /// Runs the state machine as far as readiness and completions allow.
     pub fn drive(&mut self, me: Waiter, ctx: &mut Ctx) -> Flow {
-        loop {
+        for _ in 0..STEP_BUDGET {
             let step = match self.state {
                 State::Reading => self.read_step(me, ctx),
                 State::Sending => self.send_step(me, ctx),
@@ -190,6 +197,7 @@ impl Connection {
                 Step::Close => return Flow::Close,
             }
         }
+        Flow::Yield
     }
 
     /// A deadline passed.
@@ -213,6 +221,10 @@ impl Connection {
             self.discard -= skipped;
             if self.discard > 0 {
                 return self.fill(ctx);
+            }
+            if self.read_start < self.read_end && !self.request_begun {
+                // The next head began in the same read as the end of a body.
+                self.begin_request(ctx);
             }
         }
         if self.read_start < self.read_end {
@@ -266,9 +278,8 @@ impl Connection {
                 // `polling` does not expose) a FIN that came with the data
                 // raises no new edge, so only reading to EAGAIN sees it.
                 self.read_end += n;
-                if !self.request_begun && self.discard == 0 {
-                    self.request_begun = true;
-                    self.deadline = Some(ctx.now + ctx.config.header_timeout);
+                if !self.request_begun && (self.read_end - self.read_start) as u64 > self.discard {
+                    self.begin_request(ctx);
                 }
                 Step::Continue
             }
@@ -279,6 +290,12 @@ impl Connection {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Continue,
             Err(_) => Step::Close,
         }
+    }
+
+    /// Bytes of a new request head arrived: its header timer starts.
+    fn begin_request(&mut self, ctx: &Ctx) {
+        self.request_begun = true;
+        self.deadline = Some(ctx.now + ctx.config.header_timeout);
     }
 
     fn on_bad_request(&mut self, ctx: &mut Ctx, error: RequestError) -> Step {
@@ -558,8 +575,8 @@ impl Connection {
                                 Step::Wait
                             }
                             false => match self.on_pages_failed_now(ctx) {
-                                Flow::Keep => Step::Continue,
                                 Flow::Close => Step::Close,
+                                Flow::Keep | Flow::Yield => Step::Continue,
                             },
                         };
                     }
@@ -572,11 +589,12 @@ impl Connection {
                 let result = if head_pending {
                     let head = &self.write_buf[self.write_pos..];
                     let small = send_end - body.pos <= SMALL_BODY && body.rest.is_empty();
-                    match ctx
-                        .maps
-                        .region(&body.file, body.pos, send_end)
-                        .filter(|_| small)
-                    {
+                    let region = if small {
+                        ctx.maps.region(&body.file, body.pos, send_end)
+                    } else {
+                        None
+                    };
+                    match region {
                         Some(region) => sys::writev2(sock, head, region).inspect(|&n| {
                             let from_head = n.min(head.len());
                             self.write_pos += from_head;
@@ -605,6 +623,9 @@ impl Connection {
                     Some(Segment::File(r)) => {
                         body.pos = r.start;
                         body.end = r.end;
+                        // Ranges come in request order, not file order:
+                        // what was checked for the last one says nothing here.
+                        body.ready_until = body.ready_until.min(r.start);
                     }
                     None => self.body = None,
                 }
@@ -615,7 +636,11 @@ impl Connection {
             if !self.writable {
                 return Step::Wait;
             }
-            let more = self.body.is_some();
+            // MSG_MORE only when file bytes follow (never after the last literal).
+            let more = self
+                .body
+                .as_ref()
+                .is_some_and(|b| b.pos < b.end || !b.rest.is_empty());
             let result = sys::send(self.socket.as_fd(), &self.write_buf[self.write_pos..], more);
             if let Ok(n) = result {
                 self.write_pos += n;
@@ -639,6 +664,10 @@ impl Connection {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.writable = false;
+                // Waiting for the client to read: the send timeout runs even
+                // if nothing was written yet for this response.
+                self.deadline
+                    .get_or_insert(ctx.now + ctx.config.send_timeout);
                 Step::Wait
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Continue,
@@ -662,7 +691,7 @@ impl Connection {
             return Step::Continue;
         }
         self.state = State::Reading;
-        self.request_begun = self.read_start < self.read_end;
+        self.request_begun = (self.read_end - self.read_start) as u64 > self.discard;
         self.deadline = Some(
             ctx.now
                 + if self.request_begun {
@@ -675,15 +704,14 @@ impl Connection {
     }
 
     fn linger_step(&mut self) -> Step {
-        let mut sink = [0u8; 1024];
-        loop {
-            match self.socket.read(&mut sink) {
-                Ok(0) => return Step::Close,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Step::Close,
-            }
+        let mut sink = [0u8; 16 * 1024];
+        match self.socket.read(&mut sink) {
+            Ok(0) => Step::Close,
+            // One read per step: the step budget bounds an endless sender.
+            Ok(_) => Step::Continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Continue,
+            Err(_) => Step::Close,
         }
     }
 }

@@ -282,13 +282,20 @@ impl Resolver {
 }
 
 /// Switches a just-opened regular file back to blocking mode (`O_NONBLOCK`
-/// was only there to keep a FIFO from blocking the open) and packages it.
+/// was only there to keep a FIFO from blocking the open), turns off its
+/// readahead, and packages it.
 fn finish_file(file: OwnedFd, st: &libc::stat, is_index: bool) -> Result<Resolution, FsError> {
     // SAFETY: F_SETFL on an open descriptor touches no memory. Only the
     // status flags F_SETFL can change are affected; 0 clears O_NONBLOCK.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
         return Err(FsError::from_io(&io::Error::last_os_error()));
     }
+    // No kernel readahead on this open file (shared with the main process
+    // through SCM_RIGHTS): prefetches load exactly their window, and the
+    // main process's sendfile never meets a readahead mark that would start
+    // disk reads from its context. An error only loses the hint.
+    // SAFETY: posix_fadvise on an open descriptor touches no memory.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
     Ok(Resolution::File {
         file,
         meta: FileMeta::from_stat(st),

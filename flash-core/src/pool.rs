@@ -253,7 +253,11 @@ impl HelperPool {
                 return Ok(());
             }
         }
-        if self.queue.len() >= self.config.max_queue {
+        let idle = self
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Idle));
+        if self.queue.len() >= self.config.max_queue && !idle {
             return Err(QueueFull);
         }
         let id = self.next_id;
@@ -291,10 +295,20 @@ impl HelperPool {
             let Some(id) = self.queue.remove(pos) else {
                 return;
             };
-            if let Err(e) = self.send_job(slot, id) {
-                warn!("helper {slot}: send failed ({e}); restarting it");
-                self.queue.push_front(id);
-                self.retire(slot, poller, done, false);
+            match self.send_job(slot, id) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    // The request cannot be framed (a path longer than any
+                    // file system allows): no file by that name.
+                    if let Some(job) = self.take_job(id) {
+                        done.push(Completion::new(job, Outcome::Failed(FsError::NotFound)));
+                    }
+                }
+                Err(e) => {
+                    warn!("helper {slot}: send failed ({e}); restarting it");
+                    self.queue.push_front(id);
+                    self.retire(slot, poller, done, false);
+                }
             }
         }
     }
@@ -311,14 +325,17 @@ impl HelperPool {
                 path,
                 ends_with_slash,
             } => {
-                codec::encode(
+                // A path too long for a frame (only with raised limits) fails
+                // this job, not the server.
+                codec::try_encode(
                     &ToHelper::Resolve {
                         id,
                         path: path.clone(),
                         ends_with_slash: *ends_with_slash,
                     },
                     &mut self.frame,
-                );
+                )
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 None
             }
             JobKind::Prefetch { file, offset, len } => {
@@ -457,11 +474,23 @@ impl HelperPool {
             if retry {
                 if let Some(j) = self.jobs.get_mut(&job) {
                     j.crashes += 1;
+                    // Its wait starts again: the queue timeout is for waiting.
+                    j.queued_at = Instant::now();
                 }
                 self.queue.push_front(job);
             } else if let Some(j) = self.take_job(job) {
                 done.push(Completion::new(j, Outcome::Unavailable));
             }
+        }
+        let never_started = matches!(self.slots[slot].state, SlotState::Starting { .. });
+        if never_started {
+            // It died before its Hello (bad root, wrong binary): respawning
+            // at once would fork in a loop. Let the sweep retry in a second.
+            warn!("helper {slot} failed to start; retrying in 1s");
+            self.slots[slot].state = SlotState::Down {
+                respawn_at: Instant::now() + Duration::from_secs(1),
+            };
+            return;
         }
         self.slots[slot].state = SlotState::Down {
             respawn_at: Instant::now(),
@@ -563,15 +592,26 @@ impl HelperPool {
 }
 
 impl Drop for HelperPool {
+    /// Kills the helpers and reaps them, waiting a bounded time: a helper
+    /// stuck in the kernel (a hung network file system) must not hang the
+    /// server's exit.
     fn drop(&mut self) {
-        for slot in &mut self.slots {
-            if let Some((mut child, _sock)) = slot.process.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        let mut children: Vec<Child> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.process.take())
+            .map(|(c, _)| c)
+            .collect();
+        children.append(&mut self.zombies);
+        for child in &mut children {
+            let _ = child.kill();
         }
-        for child in &mut self.zombies {
-            let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !children.is_empty() && Instant::now() < deadline {
+            children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+            if !children.is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 }

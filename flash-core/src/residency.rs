@@ -39,7 +39,6 @@ pub enum Probe {
 
 pub struct Residency {
     euid: u32,
-    groups: Vec<u32>,
     page_size: u64,
     mincore_vec: Vec<u8>,
     nowait_scratch: Vec<u8>,
@@ -53,7 +52,6 @@ impl Residency {
     pub fn new(budget: u64) -> Residency {
         Residency {
             euid: sys::effective_uid(),
-            groups: sys::groups(),
             page_size: sys::page_size() as u64,
             mincore_vec: Vec::new(),
             nowait_scratch: Vec::new(),
@@ -62,17 +60,13 @@ impl Residency {
         }
     }
 
-    /// The truthful probe for a file with this metadata. Mirrors the kernel's
-    /// `can_do_mincore`: owner or CAP_FOWNER (root), or write permission.
+    /// The truthful probe for a file with this metadata. The kernel lets
+    /// `mincore` see a file's page cache for its owner, for CAP_FOWNER
+    /// (root), or with write permission; the last is not trusted here (a
+    /// read-only mount or an ACL makes the mode bits lie), so only owner and
+    /// root get `mincore`. Everyone else gets the next truthful probe.
     pub fn probe_for(&self, meta: &FileMeta) -> Probe {
-        let writable = if meta.uid == self.euid {
-            meta.mode & 0o200 != 0
-        } else if self.groups.contains(&meta.gid) {
-            meta.mode & 0o020 != 0
-        } else {
-            meta.mode & 0o002 != 0
-        };
-        if self.euid == 0 || meta.uid == self.euid || writable {
+        if self.euid == 0 || meta.uid == self.euid {
             Probe::Mincore
         } else if self.no_nowait_devices.contains(&meta.dev) {
             Probe::LoadedRecently
@@ -269,13 +263,13 @@ mod tests {
     }
 
     #[test]
-    fn probe_follows_the_kernels_mincore_permission_rule() {
+    fn mincore_is_trusted_only_for_owner_and_root() {
         let mut oracle = Residency::new(1 << 20);
         oracle.euid = 1000;
-        oracle.groups = vec![1000];
         assert_eq!(oracle.probe_for(&meta(1000, 5, 0o400)), Probe::Mincore); // owner
-        assert_eq!(oracle.probe_for(&meta(0, 1000, 0o664)), Probe::Mincore); // group-writable
-        assert_eq!(oracle.probe_for(&meta(0, 0, 0o666)), Probe::Mincore); // world-writable
+                                                                             // Write permission by mode bits is not trusted (read-only mounts, ACLs).
+        assert_eq!(oracle.probe_for(&meta(0, 1000, 0o664)), Probe::NoWaitRead);
+        assert_eq!(oracle.probe_for(&meta(0, 0, 0o666)), Probe::NoWaitRead);
         assert_eq!(oracle.probe_for(&meta(0, 0, 0o644)), Probe::NoWaitRead);
         oracle.no_nowait_devices.insert(3);
         assert_eq!(oracle.probe_for(&meta(0, 0, 0o644)), Probe::LoadedRecently);

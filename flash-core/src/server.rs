@@ -217,6 +217,10 @@ pub struct Server {
     next_serial: u64,
     accept_paused: bool,
     accept_resume_at: Option<Instant>,
+    /// Connections that used their step budget, driven again next iteration
+    /// (two buffers swapped, so no allocation per iteration).
+    yielded: Vec<Waiter>,
+    yielded_spare: Vec<Waiter>,
 }
 
 impl Server {
@@ -289,6 +293,8 @@ impl Server {
             next_serial: 0,
             accept_paused: false,
             accept_resume_at: None,
+            yielded: Vec::new(),
+            yielded_spare: Vec::new(),
         })
     }
 
@@ -317,10 +323,13 @@ impl Server {
                 .accept_resume_at
                 .map_or(next_sweep, |t| t.min(next_sweep));
             events.clear();
-            match self.ctx.poller.wait(
-                &mut events,
-                Some(wake_at.saturating_duration_since(Instant::now())),
-            ) {
+            // Connections that yielded have work now: only look for events.
+            let timeout = if self.yielded.is_empty() {
+                wake_at.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match self.ctx.poller.wait(&mut events, Some(timeout)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -352,6 +361,7 @@ impl Server {
                 }
             }
             self.deliver_completions();
+            self.drive_yielded();
             if self.ctx.now >= next_sweep {
                 self.sweep();
                 next_sweep = self.ctx.now + SWEEP_EVERY;
@@ -376,9 +386,23 @@ impl Server {
             conn: idx,
             serial: conn.serial,
         };
-        if conn.drive(me, &mut self.ctx) == Flow::Close {
-            self.close(idx);
+        match conn.drive(me, &mut self.ctx) {
+            Flow::Keep => {}
+            Flow::Close => self.close(idx),
+            Flow::Yield => self.yielded.push(me),
         }
+    }
+
+    /// Gives the connections that used up their step budget another turn.
+    fn drive_yielded(&mut self) {
+        std::mem::swap(&mut self.yielded, &mut self.yielded_spare);
+        let mut turn = std::mem::take(&mut self.yielded_spare);
+        for w in turn.drain(..) {
+            if self.conns.get(w.conn).is_some_and(|c| c.serial == w.serial) {
+                self.drive(w.conn);
+            }
+        }
+        self.yielded_spare = turn;
     }
 
     fn close(&mut self, idx: usize) {
@@ -554,7 +578,7 @@ impl Server {
             };
             match conn.on_timeout(&mut self.ctx) {
                 Flow::Close => self.close(idx),
-                Flow::Keep => self.drive(idx),
+                Flow::Keep | Flow::Yield => self.drive(idx),
             }
         }
         if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {

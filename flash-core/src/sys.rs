@@ -203,21 +203,3 @@ pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and has no preconditions.
     unsafe { libc::geteuid() }
 }
-
-/// Effective group id and supplementary groups of this process.
-pub fn groups() -> Vec<u32> {
-    // SAFETY: getegid cannot fail.
-    let mut groups = vec![unsafe { libc::getegid() }];
-    // SAFETY: a zero-sized query returns the count without writing.
-    let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    if count > 0 {
-        let mut extra = vec![0 as libc::gid_t; count as usize];
-        // SAFETY: `extra` has room for `count` entries.
-        let got = unsafe { libc::getgroups(count, extra.as_mut_ptr()) };
-        if got > 0 {
-            extra.truncate(got as usize);
-            groups.extend(extra);
-        }
-    }
-    groups
-}

@@ -141,15 +141,33 @@ impl SlowFs {
         self.read_log_paths().len()
     }
 
+    /// The processes whose reads of `rel_path` reached the filesystem.
+    pub fn reader_pids_of(&self, rel_path: &str) -> Vec<u32> {
+        self.read_log_entries()
+            .into_iter()
+            .filter(|(path, _)| path == rel_path)
+            .map(|(_, pid)| pid)
+            .collect()
+    }
+
     fn read_log_paths(&self) -> Vec<String> {
+        self.read_log_entries()
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect()
+    }
+
+    /// `(path, pid)` of each logged read.
+    fn read_log_entries(&self) -> Vec<(String, u32)> {
         let log = fs::read_to_string(&self.read_log).unwrap_or_else(|err| {
             panic!("reading slowfs read log {}: {err}", self.read_log.display())
         });
         log.lines()
             .map(|line| {
-                // `<path> <offset> <size>`; the path may itself contain spaces.
-                let mut fields = line.rsplitn(3, ' ');
-                fields.nth(2).unwrap_or_default().to_string()
+                // `<path> <offset> <size> <pid>`; the path may itself contain spaces.
+                let mut fields = line.rsplitn(4, ' ');
+                let pid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                (fields.nth(2).unwrap_or_default().to_string(), pid)
             })
             .collect()
     }

@@ -11,7 +11,7 @@
 //! * The kernel page cache is kept: files are opened with `FOPEN_KEEP_CACHE`, entries and
 //!   attributes get long TTLs and `direct_io` is never used, so data read once stays cached
 //!   and later reads of it never reach this process (and are not delayed).
-//! * `--read-log FILE`: one line `<path relative to SOURCE> <offset> <size>` is appended for
+//! * `--read-log FILE`: one line `<path relative to SOURCE> <offset> <size> <reader pid>` is appended for
 //!   every read request, when it arrives (before the delay), so tests can count disk reads
 //!   and can see a read that is still in progress.
 //! * Ownership and modes are passed through from SOURCE; the mount uses `ro`,
@@ -291,9 +291,11 @@ impl SlowFs {
         Ok(file_attr(ino, &metadata))
     }
 
-    fn log_read(&self, rel_path: &Path, offset: u64, size: u32) {
+    /// Logs `<path> <offset> <size> <pid>`: the pid of the process whose
+    /// read reached the filesystem (tests check it is never flash's main process).
+    fn log_read(&self, rel_path: &Path, offset: u64, size: u32, pid: u32) {
         if let Some(log) = &self.read_log {
-            let line = format!("{} {offset} {size}\n", rel_path.display());
+            let line = format!("{} {offset} {size} {pid}\n", rel_path.display());
             // One write(2) on an O_APPEND file: the line lands whole and is visible at once.
             if let Err(err) = lock(log).write_all(line.as_bytes()) {
                 eprintln!("flash-slowfs: writing read log: {err}");
@@ -434,7 +436,7 @@ impl Filesystem for SlowFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -447,7 +449,7 @@ impl Filesystem for SlowFs {
             reply.error(Errno::EBADF);
             return;
         };
-        self.log_read(&open_file.rel_path, offset, size);
+        self.log_read(&open_file.rel_path, offset, size, req.pid());
         let delay = self.delay;
         // One thread per read so concurrent reads are delayed in parallel and the session
         // loop keeps answering lookups meanwhile. If the spawn fails, the dropped reply
