@@ -365,6 +365,12 @@ impl Connection {
         if self.state != State::AwaitingPages {
             return Flow::Keep;
         }
+        self.abandon_body(ctx)
+    }
+
+    /// The body cannot be made ready: answer 503 if nothing has left yet,
+    /// else close (the head already promised the bytes).
+    fn abandon_body(&mut self, ctx: &mut Ctx) -> Flow {
         if self.response_started {
             return Flow::Close;
         }
@@ -574,7 +580,7 @@ impl Connection {
                                 self.deadline = None;
                                 Step::Wait
                             }
-                            false => match self.on_pages_failed_now(ctx) {
+                            false => match self.abandon_body(ctx) {
                                 Flow::Close => Step::Close,
                                 Flow::Keep | Flow::Yield => Step::Continue,
                             },
@@ -648,11 +654,6 @@ impl Connection {
             return self.after_write(ctx, result);
         }
         self.finish_response(ctx)
-    }
-
-    fn on_pages_failed_now(&mut self, ctx: &mut Ctx) -> Flow {
-        self.state = State::AwaitingPages;
-        self.on_pages_failed(ctx)
     }
 
     fn after_write(&mut self, ctx: &mut Ctx, result: io::Result<usize>) -> Step {

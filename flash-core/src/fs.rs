@@ -219,11 +219,6 @@ impl Resolver {
         self.policy
     }
 
-    /// The root directory descriptor (`O_PATH`).
-    pub fn root_fd(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
-    }
-
     /// Resolves `path` (relative, normalised; `""` is the root) and opens it.
     ///
     /// - regular file: `File { is_index: false }`, or `NotFound` when

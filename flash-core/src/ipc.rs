@@ -26,8 +26,8 @@ const CMSG_BUF_WORDS: usize = 16; // 128 bytes, u64-aligned
 /// A connected SOCK_SEQPACKET pair, both ends close-on-exec.
 ///
 /// Both ends start in blocking mode. To hand one end to a helper, clear its
-/// close-on-exec flag in the child only (e.g. [`clear_cloexec`] inside
-/// `CommandExt::pre_exec`) and pass its number as `--socket-fd N`.
+/// close-on-exec flag in the child only (e.g. [`crate::sys::install_fd_in_child`]
+/// inside `CommandExt::pre_exec`) and pass its number as `--socket-fd N`.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds: [RawFd; 2] = [-1, -1];
     // SAFETY: `fds` is a valid, writable array of two ints, as socketpair requires.
@@ -209,39 +209,4 @@ fn collect_fds(msg: &libc::msghdr) -> (Vec<OwnedFd>, bool) {
 
 fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
-/// Sets or clears `O_NONBLOCK` on `fd`.
-pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL on an open descriptor touch no memory.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let new = if nonblocking {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
-        if new != flags && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Clears `FD_CLOEXEC` on the raw descriptor `fd` so it survives `exec`.
-///
-/// Meant for the child side of a spawn, inside `CommandExt::pre_exec` (it
-/// only calls `fcntl`, which is async-signal-safe): clearing the flag in the
-/// parent would leak the descriptor into every other process spawned
-/// concurrently.
-pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: F_SETFD on a descriptor number touches no memory; an invalid
-    // number yields EBADF.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -1,5 +1,6 @@
 //! SOCK_SEQPACKET transport with descriptor passing.
-use flash_core::ipc::{recv_message, send_message, seqpacket_pair, set_nonblocking};
+use flash_core::ipc::{recv_message, send_message, seqpacket_pair};
+use flash_core::sys::set_nonblocking;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::mem;

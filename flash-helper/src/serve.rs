@@ -8,8 +8,8 @@
 use anyhow::{bail, Context};
 use flash_core::codec::{self, MAX_WIRE_LEN};
 use flash_core::fs::{self, FsError, Resolution, Resolver, SymlinkPolicy};
-use flash_core::ipc;
 use flash_core::protocol::{FromHelper, ToHelper, PROTOCOL_VERSION};
+use flash_core::{ipc, sys};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -34,7 +34,7 @@ pub fn run(root: &Path, policy: SymlinkPolicy, socket_fd: RawFd) -> anyhow::Resu
     if peer_gone(sock.as_fd())? {
         return Ok(ExitCode::SUCCESS);
     }
-    ipc::set_nonblocking(sock.as_fd(), false).context("making the socket blocking")?;
+    sys::set_nonblocking(sock.as_fd(), false).context("making the socket blocking")?;
     let resolver = Resolver::open(root, policy)
         .with_context(|| format!("cannot open document root {}", root.display()))?;
 

@@ -1,8 +1,9 @@
 //! The real flash-helper binary, in text mode and in protocol mode.
 use flash_core::codec::{decode, encode, MAX_WIRE_LEN};
 use flash_core::fs::FsError;
-use flash_core::ipc::{clear_cloexec, recv_message, send_message, seqpacket_pair};
+use flash_core::ipc::{recv_message, send_message, seqpacket_pair};
 use flash_core::protocol::{FromHelper, ToHelper, PROTOCOL_VERSION};
+use flash_core::sys::install_fd_in_child;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -231,7 +232,7 @@ impl Helper {
             .stderr(Stdio::piped());
         // SAFETY: the closure only calls fcntl (async-signal-safe).
         unsafe {
-            cmd.pre_exec(move || clear_cloexec(child_fd));
+            cmd.pre_exec(move || install_fd_in_child(child_fd, child_fd));
         }
         let child = cmd.spawn().unwrap();
         drop(theirs);

@@ -375,9 +375,17 @@ fn send_signal(pid: libc::pid_t, signal: libc::c_int) {
 fn unmount(mountpoint: &Path) -> io::Result<()> {
     match umount2(mountpoint, 0) {
         Ok(()) => Ok(()),
-        Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
-            umount2(mountpoint, libc::MNT_DETACH)
+        Err(err) if matches!(err.raw_os_error(), Some(libc::EBUSY | libc::EPERM)) => {
+            detach(mountpoint)
         }
+        Err(err) => Err(err),
+    }
+}
+
+/// Detaches a FUSE mount lazily (it goes once no file under it is open);
+/// without root, through the setuid `fusermount3`.
+pub fn detach(mountpoint: &Path) -> io::Result<()> {
+    match umount2(mountpoint, libc::MNT_DETACH) {
         Err(err) if err.raw_os_error() == Some(libc::EPERM) => {
             let status = Command::new("fusermount3")
                 .arg("-u")
@@ -390,7 +398,7 @@ fn unmount(mountpoint: &Path) -> io::Result<()> {
                 Err(io::Error::other(format!("fusermount3 -u -z: {status}")))
             }
         }
-        Err(err) => Err(err),
+        other => other,
     }
 }
 

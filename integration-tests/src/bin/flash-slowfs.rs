@@ -175,34 +175,10 @@ fn unmount_on_signal(unmounter: &mut SessionUnmounter, mountpoint: &Path) {
             "flash-slowfs: unmount of {} failed ({err}); detaching lazily",
             mountpoint.display()
         );
-        if let Err(err) = lazy_unmount(mountpoint) {
+        if let Err(err) = integration_tests::slowfs::detach(mountpoint) {
             eprintln!("flash-slowfs: lazy unmount failed too: {err}");
         }
         std::process::exit(0);
-    }
-}
-
-fn lazy_unmount(mountpoint: &Path) -> io::Result<()> {
-    let c_path = CString::new(mountpoint.as_os_str().as_bytes())?;
-    // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EPERM) {
-        return Err(err);
-    }
-    // Not root: the setuid helper may unmount on our behalf.
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg("-z")
-        .arg(mountpoint)
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("fusermount3 -u -z: {status}")))
     }
 }
 
