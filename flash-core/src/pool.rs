@@ -379,8 +379,16 @@ impl HelperPool {
                         break;
                     }
                 }
+                // A helper that dies with our request unread in its socket
+                // shows as a reset rather than an orderly hang-up: both are
+                // a crash, and the job gets its one retry.
                 Ok(None) => {
                     warn!("helper {slot} exited; respawning it");
+                    self.retire(slot, poller, done, true);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    warn!("helper {slot} died with a request unread; respawning it");
                     self.retire(slot, poller, done, true);
                     break;
                 }

@@ -209,3 +209,16 @@ fn full_nonblocking_socket_would_block() {
     };
     assert_eq!(err.kind(), ErrorKind::WouldBlock);
 }
+
+/// The pool relies on this: a helper that dies with a request unread in its
+/// socket shows as a reset (not an orderly hang-up), and must be treated as
+/// a crash all the same.
+#[test]
+fn peer_dying_with_our_message_unread_is_a_reset() {
+    let (main, helper) = seqpacket_pair().unwrap();
+    send_message(main.as_fd(), b"request", None).unwrap();
+    drop(helper);
+    let mut buf = [0u8; 64];
+    let err = recv_message(main.as_fd(), &mut buf).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+}
