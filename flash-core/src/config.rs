@@ -31,6 +31,8 @@ pub struct Config {
     pub helper_timeout: Duration,
     /// Time a client has to send a complete request head.
     pub header_timeout: Duration,
+    /// Time a client has to send a request body (a trickled body gets 408).
+    pub body_timeout: Duration,
     /// Time an idle keep-alive connection is kept.
     pub idle_timeout: Duration,
     /// Time a response may go without progress.
@@ -51,7 +53,26 @@ pub struct Config {
     /// Bytes of files that stay mapped (0: map on every use).
     pub map_cache_bytes: u64,
     pub limits: flash_http::Limits,
+    /// Whether paths with a segment starting with `.` are served.
+    pub hidden: HiddenFiles,
+    /// Names tried, in order, when a directory is requested with its slash.
+    pub index_names: Vec<String>,
 }
+
+/// Paths with a segment starting with `.` (`/.git/config`, `/.env`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HiddenFiles {
+    /// Answer 404, except under `/.well-known/` (RFC 8615).
+    #[default]
+    Deny,
+    /// Serve them like any other file.
+    Allow,
+}
+
+/// Helper processes when the embedder does not say.
+pub const DEFAULT_HELPERS: usize = 8;
+/// Directory index names when the embedder does not say.
+pub const DEFAULT_INDEX_NAMES: [&str; 2] = ["index.html", "index.htm"];
 
 impl Config {
     /// Defaults for everything but the root and helper path.
@@ -60,11 +81,12 @@ impl Config {
             root,
             arch: Arch::Amped,
             symlinks: SymlinkPolicy::WithinRoot,
-            helpers: 4,
+            helpers: DEFAULT_HELPERS,
             helper_path,
             helper_queue: 1024,
             helper_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
@@ -75,6 +97,8 @@ impl Config {
             header_cache: true,
             map_cache_bytes: 128 << 20,
             limits: flash_http::Limits::default(),
+            hidden: HiddenFiles::Deny,
+            index_names: DEFAULT_INDEX_NAMES.map(String::from).to_vec(),
         }
     }
 }

@@ -173,6 +173,8 @@ pub enum Resolution {
 pub struct Resolver {
     root: OwnedFd,
     policy: SymlinkPolicy,
+    /// Tried in order for a directory requested with its slash.
+    index_names: Vec<String>,
 }
 
 /// Flags of every open done by [`Resolver::resolve`].
@@ -182,9 +184,6 @@ const OPEN_FLAGS: libc::c_int =
 /// How often an `openat2` failing with `EAGAIN` (a concurrent rename raced
 /// with a `RESOLVE_BENEATH` lookup) is retried.
 const EAGAIN_RETRIES: u32 = 8;
-
-/// Name of the file served for a directory request.
-const INDEX: &str = "index.html";
 
 impl Resolver {
     /// Opens the document root (`O_PATH | O_DIRECTORY | O_CLOEXEC`) and checks
@@ -197,6 +196,9 @@ impl Resolver {
         let resolver = Resolver {
             root: dir.into(),
             policy,
+            index_names: crate::config::DEFAULT_INDEX_NAMES
+                .map(String::from)
+                .to_vec(),
         };
         // Probe once so a kernel without openat2 fails at startup, not per request.
         match openat2(
@@ -212,6 +214,16 @@ impl Resolver {
             )),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sets the names tried, in order, as a directory's index (default
+    /// `index.html`, `index.htm`). Names containing `/` are ignored.
+    pub fn with_index_names(mut self, names: Vec<String>) -> Resolver {
+        self.index_names = names
+            .into_iter()
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .collect();
+        self
     }
 
     /// The symlink policy this resolver applies.
@@ -239,22 +251,26 @@ impl Resolver {
             libc::S_IFDIR if !ends_with_slash => Ok(Resolution::Redirect),
             libc::S_IFDIR => {
                 drop(file);
-                let index = if path.is_empty() {
-                    INDEX.to_owned()
-                } else {
-                    format!("{}/{INDEX}", path.trim_end_matches('/'))
-                };
-                let file = match self.open_beneath(&index) {
-                    Ok(f) => f,
-                    // No index: directory listing is not supported.
-                    Err(FsError::NotFound) => return Err(FsError::Forbidden),
-                    Err(e) => return Err(e),
-                };
-                let st = fstat(file.as_fd()).map_err(|e| FsError::from_io(&e))?;
-                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                    return Err(FsError::Forbidden);
+                let dir = path.trim_end_matches('/');
+                for name in &self.index_names {
+                    let index = if dir.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{dir}/{name}")
+                    };
+                    let file = match self.open_beneath(&index) {
+                        Ok(f) => f,
+                        Err(FsError::NotFound) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    let st = fstat(file.as_fd()).map_err(|e| FsError::from_io(&e))?;
+                    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                        return Err(FsError::Forbidden);
+                    }
+                    return finish_file(file, &st, true);
                 }
-                finish_file(file, &st, true)
+                // No index: directory listing is not supported.
+                Err(FsError::Forbidden)
             }
             _ => Err(FsError::NotAFile),
         }

@@ -34,6 +34,6 @@ pub mod residency;
 pub mod server;
 pub mod sys;
 
-pub use config::{Arch, Config};
+pub use config::{Arch, Config, HiddenFiles, DEFAULT_HELPERS, DEFAULT_INDEX_NAMES};
 pub use fs::SymlinkPolicy;
 pub use server::Server;
