@@ -373,7 +373,9 @@ fn parse_target(target: &str, method: Method) -> Result<(Cow<'_, str>, bool, boo
             .ok_or(bad("unsupported request target form"))?;
         let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(auth_end);
-        if authority.is_empty() || authority.contains('@') {
+        // Also rejects an empty host and userinfo ('@'), which RFC 9110
+        // 4.2.1 and 4.2.4 forbid in http(s) URIs.
+        if authority.is_empty() || !valid_authority(authority.as_bytes()) {
             return Err(bad("invalid authority in absolute-form target"));
         }
         if tail.starts_with('/') {
@@ -389,6 +391,99 @@ fn parse_target(target: &str, method: Method) -> Result<(Cow<'_, str>, bool, boo
     };
     let (path, ends_with_slash) = normalize_path(path)?;
     Ok((path, ends_with_slash, false))
+}
+
+/// RFC 3986 3.2.2 `host [ ":" port ]`, as a Host field value or the
+/// authority of an absolute-form target must be (RFC 9112 3.2): a reg-name
+/// (unreserved, pct-encoded and sub-delims characters; IPv4 addresses are a
+/// special case of it), or an IP-literal in brackets holding an IPv6 address
+/// or an IPvFuture, then an optional port of digits (which may be empty).
+/// The host itself must not be empty: an empty Host field is allowed by the
+/// caller as a whole, but ":80" names no host at all (RFC 9110 4.2.1).
+///
+/// Everything else (whitespace, '/', '?', '#', '@', '\\', controls,
+/// non-ASCII, unbalanced brackets, a zone ID) is invalid. Never allocates.
+fn valid_authority(a: &[u8]) -> bool {
+    let (host_ok, rest) = if let Some(inner) = a.strip_prefix(b"[") {
+        let Some(close) = inner.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let (literal, rest) = inner.split_at(close);
+        (valid_ip_literal(literal), rest.get(1..).unwrap_or_default())
+    } else {
+        let end = a.iter().position(|&b| b == b':').unwrap_or(a.len());
+        let (host, rest) = a.split_at(end);
+        (!host.is_empty() && valid_reg_name(host), rest)
+    };
+    let port_ok = match rest.split_first() {
+        None => true,
+        Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
+}
+
+/// RFC 3986 unreserved or sub-delims.
+fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// RFC 3986 reg-name: `*( unreserved / pct-encoded / sub-delims )`.
+fn valid_reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = host.get(i) {
+        if b == b'%' {
+            let hex = |j: usize| host.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return false;
+            }
+            i += 3;
+        } else if is_unreserved_or_sub_delim(b) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// The inside of an RFC 3986 IP-literal: an IPv6 address (checked by the
+/// standard library's parser, which does not allocate; zone IDs are not
+/// accepted, as in RFC 3986) or `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved
+/// / sub-delims / ":" )`.
+fn valid_ip_literal(literal: &[u8]) -> bool {
+    if let Some(future) = literal
+        .strip_prefix(b"v")
+        .or_else(|| literal.strip_prefix(b"V"))
+    {
+        let dot = future.iter().position(|&b| b == b'.').unwrap_or(0);
+        let (version, tail) = future.split_at(dot);
+        let tail = tail.get(1..).unwrap_or_default();
+        return dot > 0
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail
+                .iter()
+                .all(|&b| b == b':' || is_unreserved_or_sub_delim(b));
+    }
+    std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -436,6 +531,12 @@ fn build<'buf>(
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            // RFC 9112 3.2: an invalid Host value is a 400. An empty one is
+            // allowed (the target may have no authority, as with `*`).
+            let host = value_str(h.value)?;
+            if !host.is_empty() && !valid_authority(host.as_bytes()) {
+                return Err(bad("invalid Host header"));
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value_str(h.value)?.split(',') {
                 let token = token.trim_matches([' ', '\t']);
@@ -796,6 +897,96 @@ mod tests {
         assert!(is_400(err(b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n")));
         complete(b"GET / HTTP/1.1\r\nhOsT: a\r\n\r\n");
         complete(b"GET / HTTP/1.1\r\nHost:\r\n\r\n");
+        complete(b"GET / HTTP/1.1\r\nHost:   \r\n\r\n");
+        complete(b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n");
+        assert!(is_400(err(b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n")));
+    }
+
+    #[test]
+    fn valid_host_values() {
+        for host in [
+            "example.com",
+            "example.com:8080",
+            "example.com:",
+            "EXAMPLE.com.",
+            "ex%41mple.com",
+            // Syntax only: what a pct-encoded octet decodes to is not checked.
+            "a%20b",
+            "1.2.3.4",
+            "1.2.3.4:80",
+            "a_b-c.~d",
+            "sub!$&'()*+,;=delims",
+            "localhost",
+            "xn--bcher-kva.example",
+            "[::1]",
+            "[::1]:8080",
+            "[::1]:",
+            "[2001:db8::7]",
+            "[2001:DB8:0:0:8:800:200C:417A]:443",
+            "[::ffff:192.0.2.1]",
+            "[v1.fe80::a+en1]",
+            "[VF.x]:1",
+            " example.com ",
+            "\texample.com",
+        ] {
+            let buf = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            complete(buf.as_bytes());
+        }
+    }
+
+    #[test]
+    fn invalid_host_values_are_400() {
+        for host in [
+            "a b/../",
+            "a b",
+            "a/b",
+            "a?b",
+            "a#b",
+            "u@h",
+            "a\\b",
+            "h\x7f",
+            "caf\u{e9}.example",
+            "host:port",
+            "host:12a",
+            "host:-1",
+            "host:1:2",
+            ":80",
+            ":",
+            "ex%4mple.com",
+            "ex%zzmple.com",
+            "ex%",
+            "::1",
+            "[::1",
+            "::1]",
+            "[::1]x",
+            "[::1]:8x",
+            "[]",
+            "[:::]",
+            "[1.2.3.4]",
+            "[fe80::1%25eth0]",
+            "[::1]]",
+            "[[::1]]",
+            "[v.x]",
+            "[v1.]",
+            "[v1x]",
+            "[vg.x]",
+            "[v1.a/b]",
+            "a[b]",
+            "example.com]",
+            "\"example.com\"",
+            "<x>",
+        ] {
+            let buf = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let e = err(buf.as_bytes());
+            assert!(is_400(e), "{host:?}: {e:?}");
+        }
+        // Non-UTF-8 (obs-text) in Host.
+        assert!(is_400(err(b"GET / HTTP/1.1\r\nHost: caf\xe9\r\n\r\n")));
+        // A bad Host is a 400 even when a valid one precedes it (and the
+        // duplicate rule would also apply).
+        assert!(is_400(err(
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: a b\r\n\r\n"
+        )));
     }
 
     #[test]
@@ -832,6 +1023,39 @@ mod tests {
         assert!(is_400(err(
             b"GET http://h/../a HTTP/1.1\r\nHost: x\r\n\r\n"
         )));
+    }
+
+    #[test]
+    fn absolute_form_authority_is_validated() {
+        for auth in [
+            "example.com",
+            "example.com:",
+            "example.com:8080",
+            "ex%41mple.com",
+            "1.2.3.4",
+            "a_b-c.~d",
+            "[::1]:8080",
+            "[v7.x:y]",
+        ] {
+            let buf = format!("GET http://{auth}/a HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(complete(buf.as_bytes()).path, "a", "{auth}");
+        }
+        for auth in [
+            "host:port",
+            "host:12a",
+            ":80",
+            "[::1",
+            "::1",
+            "a\\b",
+            "u@h",
+            "a%2",
+            "caf\u{e9}",
+            "[::1]x",
+            "a<b>",
+        ] {
+            let buf = format!("GET http://{auth}/a HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(is_400(err(buf.as_bytes())), "{auth}");
+        }
     }
 
     #[test]
