@@ -248,6 +248,7 @@ mod tests {
             method: Method::Get,
             version: Version::Http11,
             path: Cow::Borrowed("f"),
+            query: None,
             ends_with_slash: false,
             asterisk: false,
             keep_alive: true,

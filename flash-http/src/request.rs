@@ -74,8 +74,40 @@ pub struct Request<'buf> {
     /// The protocol version of the request line.
     pub version: Version,
     /// Normalised, relative, percent-decoded path: no leading '/', no "", "." or
-    /// ".." segments. "" is the root. The query string is dropped.
+    /// ".." segments. "" is the root. The query string is not part of it (see
+    /// [`Request::query`]).
     pub path: Cow<'buf, str>,
+    /// The raw query of an origin-form or absolute-form target: the bytes
+    /// after the first '?', without the '?', exactly as received (not
+    /// decoded). `None` when the target has no '?' (and for `*`), `Some("")`
+    /// for a bare '?'.
+    ///
+    /// It can be echoed into a `Location` header as received (e.g. the
+    /// trailing-slash redirect `/dir?x=1` -> `/dir/?x=1`, after
+    /// [`percent_encode_path`](crate::percent_encode_path) on the path):
+    /// httparse only accepts target bytes 0x21..=0x7E and UTF-8 sequences
+    /// of bytes >= 0x80, so it never contains CR, LF, NUL, SP, HTAB, DEL or
+    /// any other control character, and it never contains '#' (a fragment
+    /// is a 400). It may contain non-ASCII UTF-8 and characters such as '"'
+    /// or '<' that RFC 3986 would escape, so it must be HTML-escaped before
+    /// going into markup.
+    ///
+    /// ```
+    /// use flash_http::{parse_request, percent_encode_path, Limits, Parse};
+    ///
+    /// let buf = b"GET /my%20dir?x=1 HTTP/1.1\r\nHost: h\r\n\r\n";
+    /// let Ok(Parse::Complete(req)) = parse_request(buf, &Limits::default()) else {
+    ///     panic!("complete request expected")
+    /// };
+    /// assert_eq!((&*req.path, req.query), ("my dir", Some("x=1")));
+    /// let mut location = format!("/{}/", percent_encode_path(&req.path));
+    /// if let Some(query) = req.query {
+    ///     location.push('?');
+    ///     location.push_str(query);
+    /// }
+    /// assert_eq!(location, "/my%20dir/?x=1");
+    /// ```
+    pub query: Option<&'buf str>,
     /// The target's path ended in '/' (true for the root).
     pub ends_with_slash: bool,
     /// The target was `*` (only valid with OPTIONS).
@@ -352,15 +384,28 @@ fn parse_method(m: &str) -> Result<Method, RequestError> {
     }
 }
 
-/// Splits the request target into its normalised path:
+/// What [`parse_target`] extracts from a request target.
+struct Target<'buf> {
+    path: Cow<'buf, str>,
+    query: Option<&'buf str>,
+    ends_with_slash: bool,
+    asterisk: bool,
+}
+
+/// Splits the request target into its normalised path and raw query:
 /// origin-form, absolute-form (http/https) or `*` (OPTIONS only).
-fn parse_target(target: &str, method: Method) -> Result<(Cow<'_, str>, bool, bool), RequestError> {
+fn parse_target(target: &str, method: Method) -> Result<Target<'_>, RequestError> {
     if target.contains('#') {
         return Err(bad("fragment in request target"));
     }
     if target == "*" {
         return if method == Method::Options {
-            Ok((Cow::Borrowed(""), false, true))
+            Ok(Target {
+                path: Cow::Borrowed(""),
+                query: None,
+                ends_with_slash: false,
+                asterisk: true,
+            })
         } else {
             Err(bad("'*' target is only valid with OPTIONS"))
         };
@@ -375,22 +420,25 @@ fn parse_target(target: &str, method: Method) -> Result<(Cow<'_, str>, bool, boo
         let (authority, tail) = rest.split_at(auth_end);
         // Also rejects an empty host and userinfo ('@'), which RFC 9110
         // 4.2.1 and 4.2.4 forbid in http(s) URIs.
-        if authority.is_empty() || !valid_authority(authority.as_bytes()) {
+        if !valid_authority(authority.as_bytes()) {
             return Err(bad("invalid authority in absolute-form target"));
         }
-        if tail.starts_with('/') {
-            tail
-        } else {
-            // "http://host" and "http://host?q" both mean the root.
-            "/"
-        }
+        // "", "/...", or "?..."
+        tail
     };
-    let path = match path_and_query.split_once('?') {
-        Some((path, _query)) => path,
-        None => path_and_query,
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
     };
+    // "http://host" and "http://host?q" have an empty path: the root.
+    let path = if path.is_empty() { "/" } else { path };
     let (path, ends_with_slash) = normalize_path(path)?;
-    Ok((path, ends_with_slash, false))
+    Ok(Target {
+        path,
+        query,
+        ends_with_slash,
+        asterisk: false,
+    })
 }
 
 /// RFC 3986 3.2.2 `host [ ":" port ]`, as a Host field value or the
@@ -513,7 +561,12 @@ fn build<'buf>(
         1 => Version::Http11,
         _ => return Err(RequestError::VersionNotSupported),
     };
-    let (path, ends_with_slash, asterisk) = parse_target(target, method)?;
+    let Target {
+        path,
+        query,
+        ends_with_slash,
+        asterisk,
+    } = parse_target(target, method)?;
 
     let mut hosts = 0usize;
     let mut conn_close = false;
@@ -603,6 +656,7 @@ fn build<'buf>(
         method,
         version,
         path,
+        query,
         ends_with_slash,
         asterisk,
         keep_alive,
@@ -1002,6 +1056,52 @@ mod tests {
         let r = complete(b"GET /a%20b HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(r.path, "a b");
         assert!(matches!(r.path, Cow::Owned(_)));
+    }
+
+    #[test]
+    fn query_is_exposed_raw() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("/", "", None),
+            ("/a/b", "a/b", None),
+            ("/a/b?", "a/b", Some("")),
+            ("/dir?x=1", "dir", Some("x=1")),
+            ("/dir/?x=1&y=%2F", "dir", Some("x=1&y=%2F")),
+            ("/a?b?c", "a", Some("b?c")),
+            ("/a%3Fb?c", "a?b", Some("c")),
+            ("/a?x=/../..", "a", Some("x=/../..")),
+            ("/?%zz", "", Some("%zz")),
+            ("/?caf\u{e9}", "", Some("caf\u{e9}")),
+            ("http://h", "", None),
+            ("http://h?", "", Some("")),
+            ("http://h?q=1", "", Some("q=1")),
+            ("http://h/?q=1", "", Some("q=1")),
+            ("https://h:1/a/b?q", "a/b", Some("q")),
+        ];
+        for &(target, path, query) in cases {
+            let buf = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let r = complete(buf.as_bytes());
+            assert_eq!((&*r.path, r.query), (path, query), "{target}");
+        }
+        let r = complete(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.query, None);
+    }
+
+    #[test]
+    fn query_never_carries_controls() {
+        // The query is echoed into Location headers: every byte that could
+        // break a header (or that is not a URI byte) makes the target invalid.
+        for b in (0u8..0x21).chain([0x7f]) {
+            let mut buf = b"GET /d?a".to_vec();
+            buf.push(b);
+            buf.extend_from_slice(b"b HTTP/1.1\r\nHost: x\r\n\r\n");
+            match parse(&buf) {
+                Err(e) => assert!(is_400(e), "{b:#x}: {e:?}"),
+                // SP ends the target early; what is left is not a version.
+                Ok(other) => panic!("{b:#x}: {other:?}"),
+            }
+        }
+        assert!(is_400(err(b"GET /d?a#b HTTP/1.1\r\nHost: x\r\n\r\n")));
+        assert!(is_400(err(b"GET /d?\xff HTTP/1.1\r\nHost: x\r\n\r\n")));
     }
 
     #[test]

@@ -106,6 +106,13 @@ proptest! {
             if let Ok(Parse::Complete(req)) = &part {
                 prop_assert!(req.head_len <= n);
                 prop_assert!(req.head_len <= limits.max_head_bytes);
+                // The raw query is safe to echo into a header.
+                if let Some(q) = req.query {
+                    prop_assert!(
+                        q.bytes().all(|b| b > b' ' && b != 0x7f && b != b'#'),
+                        "query {:?}", q
+                    );
+                }
             }
         }
     }
@@ -181,6 +188,7 @@ proptest! {
             method,
             version: Version::Http11,
             path: Cow::Borrowed("f"),
+            query: None,
             ends_with_slash: false,
             asterisk: false,
             keep_alive: true,
