@@ -16,7 +16,8 @@
 //!
 //! The modules follow the life of a request:
 //! - `request`: [`parse_request`], [`Request`], [`Limits`], [`RequestError`].
-//! - `path`: [`normalize_path`], the traversal-proof path canonicaliser.
+//! - `path`: [`normalize_path`], the traversal-proof path canonicaliser;
+//!   [`percent_encode_path`] for `Location`; [`is_hidden`] for dot-files.
 //! - `conditional`: [`select`] evaluates If-Match, If-None-Match, dates and
 //!   Range in RFC 9110 order; [`ETag`], [`Validators`], [`Selection`].
 //! - `range`: [`ByteRange`] and [`plan_multipart`] for multipart/byteranges.
@@ -71,7 +72,7 @@ mod response;
 pub use conditional::{select, ETag, Selection, Validators};
 pub use date::{format_http_date, DateCache};
 pub use mime::content_type;
-pub use path::{normalize_path, percent_encode_path};
+pub use path::{is_hidden, normalize_path, percent_encode_path};
 pub use range::{boundary_from, plan_multipart, ByteRange, Multipart, Segment, MAX_RANGES};
 pub use request::{
     parse_request, Limits, Method, Parse, Request, RequestError, Version, MAX_HEADERS,

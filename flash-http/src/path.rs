@@ -135,6 +135,32 @@ fn remove_dot_segments(decoded: &str) -> Result<(String, bool), RequestError> {
     Ok((out, ends_with_slash))
 }
 
+/// Whether a normalised relative path (as in [`Request::path`]: no leading
+/// '/', no empty, "." or ".." segments) names or passes through a hidden
+/// entry: some segment starts with '.' (".git/config", "a/.env").
+///
+/// The exception is a first segment exactly `.well-known` (RFC 8615), so
+/// ACME challenges and other well-known URIs stay reachable; a hidden segment
+/// below it (".well-known/.secret") is still hidden, and the match is
+/// case-sensitive (".Well-Known" is hidden). Never allocates.
+///
+/// [`Request::path`]: crate::Request::path
+///
+/// ```
+/// use flash_http::is_hidden;
+/// assert!(is_hidden(".git/config"));
+/// assert!(is_hidden("a/.env"));
+/// assert!(!is_hidden(".well-known/acme-challenge/x"));
+/// assert!(is_hidden(".well-known/.x"));
+/// assert!(!is_hidden("docs/index.html"));
+/// ```
+pub fn is_hidden(path: &str) -> bool {
+    let mut segments = path.split('/');
+    let first_is_well_known = segments.next() == Some(".well-known");
+    let rest_hidden = segments.any(|seg| seg.starts_with('.'));
+    rest_hidden || (!first_is_well_known && path.starts_with('.'))
+}
+
 /// Percent-encode a relative path for use in a `Location` header (or HTML):
 /// every byte outside RFC 3986 `pchar` and '/' is escaped, so a decoded path
 /// containing CR, LF, spaces or quotes cannot break the response.
@@ -305,6 +331,51 @@ mod tests {
         assert_eq!(ok("/a\\..\\b"), ("a\\..\\b".into(), false));
         assert_eq!(ok("/..\\x"), ("..\\x".into(), false));
         assert_eq!(ok("/%5c"), ("\\".into(), false));
+    }
+
+    #[test]
+    fn hidden_segments() {
+        for p in [
+            ".git",
+            ".git/config",
+            "a/.env",
+            "a/b/.htpasswd",
+            ".well-known/.secret",
+            ".well-known/a/.b/c",
+            ".well-known./x",
+            ".well-knownx",
+            ".Well-Known/x",
+            "a/.well-known/x",
+            "...",
+            "a/..b",
+            ".",
+        ] {
+            assert!(is_hidden(p), "{p:?}");
+        }
+        for p in [
+            "",
+            "index.html",
+            "a/b/c.txt",
+            "a.b/c.d",
+            "a./b",
+            "a/b.",
+            ".well-known",
+            ".well-known/acme-challenge/tok.en",
+            ".well-known/security.txt",
+            "x/well-known",
+            "a\\.b",
+        ] {
+            assert!(!is_hidden(p), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn hidden_after_normalisation() {
+        // Encoded dots are decoded before the check sees the path.
+        for raw in ["/%2egit/config", "/a/%2Eenv", "/x/../.env", "//.ssh/"] {
+            assert!(is_hidden(&ok(raw).0), "{raw}");
+        }
+        assert!(!is_hidden(&ok("/.well-known/./acme-challenge/x").0));
     }
 
     #[test]
