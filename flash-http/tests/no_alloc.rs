@@ -83,3 +83,38 @@ fn typical_request_does_not_allocate() {
     assert_eq!(req.path, "static/app.js");
     assert!(out.starts_with(b"HTTP/1.1 206 Partial Content\r\n"));
 }
+
+/// Content-Type lookups: the common types and the crate's non-text types
+/// never allocate; the rarer text types allocate only to build the charset
+/// table once per process, and never after that.
+#[test]
+fn content_type_does_not_allocate_after_warm_up() {
+    let common = [
+        "a/index.html",
+        "app.JS",
+        "x.mjs",
+        "logo.svg",
+        "f.woff2",
+        "README",
+    ];
+    let crate_non_text = ["book.epub", "a.docx", "song.flac", "x.7z", "f.unknownext"];
+    let crate_text = ["cal.ics", "main.rs", "Cargo.toml", "a.c", "style.scss"];
+
+    let before = allocations();
+    for p in common.iter().chain(&crate_non_text) {
+        std::hint::black_box(content_type(std::hint::black_box(p)));
+    }
+    assert_eq!(allocations() - before, 0, "cold lookups allocated");
+
+    // Warm-up: may build the charset table (other tests may have done it).
+    for p in crate_text {
+        assert!(content_type(p).ends_with("; charset=utf-8"), "{p}");
+    }
+    let before = allocations();
+    for _ in 0..3 {
+        for p in common.iter().chain(&crate_non_text).chain(&crate_text) {
+            std::hint::black_box(content_type(std::hint::black_box(p)));
+        }
+    }
+    assert_eq!(allocations() - before, 0, "warm lookups allocated");
+}
