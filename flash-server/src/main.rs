@@ -4,6 +4,7 @@
 //! serves an embedded demo site.
 
 mod demo_site;
+mod listen;
 mod process;
 
 use std::net::{SocketAddr, TcpListener};
@@ -27,6 +28,10 @@ struct Cli {
     /// Address to listen on (repeatable). Port 0 picks a free port.
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: Vec<SocketAddr>,
+
+    /// Connections the kernel queues for accept per listener [default: net.core.somaxconn, which also caps it].
+    #[arg(long, value_name = "N")]
+    backlog: Option<u32>,
 
     /// amped: disk work in helper processes; sped: inline (the baseline).
     #[arg(long, value_enum, default_value_t = ArchArg::Amped)]
@@ -167,10 +172,20 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     process::raise_descriptor_limit();
+    let somaxconn = listen::somaxconn();
+    let backlog = cli
+        .backlog
+        .or(somaxconn)
+        .unwrap_or(listen::FALLBACK_BACKLOG);
+    if let Some(cap) = somaxconn.filter(|&cap| backlog > cap) {
+        log::warn!("--backlog {backlog} exceeds net.core.somaxconn; the kernel caps it at {cap}");
+    }
     let listeners = cli
         .listen
         .iter()
-        .map(|addr| TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}")))
+        .map(|&addr| {
+            listen::bind(addr, backlog).with_context(|| format!("cannot listen on {addr}"))
+        })
         .collect::<Result<Vec<_>>>()?;
     if let Some(user) = &cli.user {
         process::drop_privileges(user)?;
