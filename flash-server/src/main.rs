@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use flash_core::{Arch, Config, Server, SymlinkPolicy};
+use flash_core::{Arch, Config, HiddenFiles, Server, SymlinkPolicy, DEFAULT_INDEX_NAMES};
 
 /// A fast static-file HTTP/1.1 server: one event loop, helper processes for
 /// the disk (the AMPED architecture of the Flash web server).
@@ -57,6 +57,14 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = SymlinksArg::WithinRoot)]
     symlinks: SymlinksArg,
 
+    /// Paths with a segment starting with "." (/.git, /.env): deny answers 404 (except under /.well-known/), allow serves them.
+    #[arg(long, value_enum, default_value_t = HiddenArg::from(HiddenFiles::default()))]
+    hidden: HiddenArg,
+
+    /// Directory index file names, tried in order; separated by spaces or commas.
+    #[arg(long, value_name = "NAMES", default_value_t = IndexNames::default(), value_parser = parse_index_names)]
+    index: IndexNames,
+
     /// Run as this user after binding (helpers too).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
@@ -64,6 +72,10 @@ struct Cli {
     /// Time a client has to send a request head.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     header_timeout: Duration,
+
+    /// Time a client has to send a request body [default: --header-timeout].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    body_timeout: Option<Duration>,
 
     /// Time an idle keep-alive connection stays open.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
@@ -134,6 +146,46 @@ enum SymlinksArg {
     Never,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HiddenArg {
+    Deny,
+    Allow,
+}
+
+impl From<HiddenFiles> for HiddenArg {
+    fn from(policy: HiddenFiles) -> HiddenArg {
+        match policy {
+            HiddenFiles::Deny => HiddenArg::Deny,
+            HiddenFiles::Allow => HiddenArg::Allow,
+        }
+    }
+}
+
+impl From<HiddenArg> for HiddenFiles {
+    fn from(arg: HiddenArg) -> HiddenFiles {
+        match arg {
+            HiddenArg::Deny => HiddenFiles::Deny,
+            HiddenArg::Allow => HiddenFiles::Allow,
+        }
+    }
+}
+
+/// The `--index` list: at least one name, none with a `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IndexNames(Vec<String>);
+
+impl Default for IndexNames {
+    fn default() -> IndexNames {
+        IndexNames(DEFAULT_INDEX_NAMES.map(String::from).to_vec())
+    }
+}
+
+impl std::fmt::Display for IndexNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(" "))
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     process::init_logging(cli.log_level);
@@ -192,35 +244,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     let shutdown = shutdown_on_signals()?;
 
-    let mut config = Config::new(root, helper_path);
-    config.arch = match cli.arch {
-        ArchArg::Amped => Arch::Amped,
-        ArchArg::Sped => Arch::Sped,
-    };
-    config.symlinks = match cli.symlinks {
-        SymlinksArg::WithinRoot => SymlinkPolicy::WithinRoot,
-        SymlinksArg::Never => SymlinkPolicy::Never,
-    };
-    config.helpers = cli.helpers.max(1);
-    config.helper_timeout = cli.helper_timeout;
-    config.helper_queue = cli.helper_queue;
-    config.header_timeout = cli.header_timeout;
-    config.idle_timeout = cli.idle_timeout;
-    config.send_timeout = cli.send_timeout;
-    config.shutdown_timeout = cli.shutdown_timeout;
-    config.max_connections = cli.max_connections.max(1);
-    config.residency_budget = cli.residency_budget;
-    config.path_cache_entries = cli.path_cache_entries;
-    config.path_freshness = cli.path_cache_ttl;
-    config.header_cache = !cli.no_header_cache;
-    config.map_cache_bytes = cli.cache_memory;
-    config.limits = flash_http::Limits {
-        max_head_bytes: usize::try_from(cli.max_head_bytes).unwrap_or(usize::MAX),
-        max_headers: cli.max_headers,
-        max_target_bytes: usize::try_from(cli.max_target_bytes).unwrap_or(usize::MAX),
-        max_discard_body: cli.max_body_bytes,
-    };
-
+    let config = engine_config(&cli, root, helper_path);
     let addrs: Vec<SocketAddr> = listeners
         .iter()
         .map(TcpListener::local_addr)
@@ -246,6 +270,42 @@ fn run(cli: Cli) -> Result<()> {
     server.run().context("event loop failed")?;
     drop(demo);
     Ok(())
+}
+
+/// The engine's configuration from the command line.
+fn engine_config(cli: &Cli, root: PathBuf, helper_path: PathBuf) -> Config {
+    let mut config = Config::new(root, helper_path);
+    config.arch = match cli.arch {
+        ArchArg::Amped => Arch::Amped,
+        ArchArg::Sped => Arch::Sped,
+    };
+    config.symlinks = match cli.symlinks {
+        SymlinksArg::WithinRoot => SymlinkPolicy::WithinRoot,
+        SymlinksArg::Never => SymlinkPolicy::Never,
+    };
+    config.hidden = cli.hidden.into();
+    config.index_names = cli.index.0.clone();
+    config.helpers = cli.helpers.max(1);
+    config.helper_timeout = cli.helper_timeout;
+    config.helper_queue = cli.helper_queue;
+    config.header_timeout = cli.header_timeout;
+    config.body_timeout = cli.body_timeout.unwrap_or(cli.header_timeout);
+    config.idle_timeout = cli.idle_timeout;
+    config.send_timeout = cli.send_timeout;
+    config.shutdown_timeout = cli.shutdown_timeout;
+    config.max_connections = cli.max_connections.max(1);
+    config.residency_budget = cli.residency_budget;
+    config.path_cache_entries = cli.path_cache_entries;
+    config.path_freshness = cli.path_cache_ttl;
+    config.header_cache = !cli.no_header_cache;
+    config.map_cache_bytes = cli.cache_memory;
+    config.limits = flash_http::Limits {
+        max_head_bytes: usize::try_from(cli.max_head_bytes).unwrap_or(usize::MAX),
+        max_headers: cli.max_headers,
+        max_target_bytes: usize::try_from(cli.max_target_bytes).unwrap_or(usize::MAX),
+        max_discard_body: cli.max_body_bytes,
+    };
+    config
 }
 
 fn server_root_display(cli: &Cli) -> String {
@@ -293,6 +353,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration: {text}"))
 }
 
+/// "index.html index.htm", "index.html,default.htm": file names, in order.
+fn parse_index_names(text: &str) -> Result<IndexNames, String> {
+    let names: Vec<String> = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|name| !name.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() {
+        return Err("no index file name given (e.g. --index \"index.html index.htm\")".into());
+    }
+    if let Some(bad) = names
+        .iter()
+        .find(|name| name.contains(['/', '\0']) || *name == "." || *name == "..")
+    {
+        return Err(format!(
+            "invalid index file name {bad:?}: a file in the requested directory itself, without '/'"
+        ));
+    }
+    Ok(IndexNames(names))
+}
+
 /// "16384", "16K", "1M", "2G" (binary multiples).
 fn parse_size(text: &str) -> Result<u64, String> {
     let (number, shift) = match text.char_indices().last() {
@@ -323,6 +404,54 @@ mod tests {
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert_eq!(parse_size("42"), Ok(42));
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn index_names_parse() {
+        let names = |v: &[&str]| Ok(IndexNames(v.iter().map(|s| s.to_string()).collect()));
+        assert_eq!(parse_index_names("index.html"), names(&["index.html"]));
+        assert_eq!(
+            parse_index_names("index.html index.htm"),
+            names(&["index.html", "index.htm"])
+        );
+        assert_eq!(
+            parse_index_names(" a.html, b.htm ,c "),
+            names(&["a.html", "b.htm", "c"])
+        );
+        assert!(parse_index_names("").is_err());
+        assert!(parse_index_names(" , ").is_err());
+        assert!(parse_index_names("index.html sub/index.html").is_err());
+        assert!(parse_index_names("..").is_err());
+        // The default round-trips through its own parser.
+        assert_eq!(
+            parse_index_names(&IndexNames::default().to_string()),
+            Ok(IndexNames::default())
+        );
+    }
+
+    fn config_of(args: &[&str]) -> Config {
+        let cli = Cli::try_parse_from(std::iter::once("flash-server").chain(args.iter().copied()))
+            .unwrap();
+        engine_config(&cli, "/srv".into(), "/bin/flash-helper".into())
+    }
+
+    #[test]
+    fn body_timeout_follows_header_timeout() {
+        assert_eq!(config_of(&[]).body_timeout, Duration::from_secs(10));
+        let config = config_of(&["--header-timeout", "3s"]);
+        assert_eq!(config.body_timeout, Duration::from_secs(3));
+        let config = config_of(&["--header-timeout", "3s", "--body-timeout", "5s"]);
+        assert_eq!(config.body_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn hidden_and_index_reach_the_config() {
+        let config = config_of(&[]);
+        assert_eq!(config.hidden, HiddenFiles::Deny);
+        assert_eq!(config.index_names, DEFAULT_INDEX_NAMES);
+        let config = config_of(&["--hidden", "allow", "--index", "default.htm,index.html"]);
+        assert_eq!(config.hidden, HiddenFiles::Allow);
+        assert_eq!(config.index_names, ["default.htm", "index.html"]);
     }
 
     #[test]
