@@ -37,8 +37,8 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = ArchArg::Amped)]
     arch: ArchArg,
 
-    /// Helper processes (AMPED).
-    #[arg(long, default_value_t = 8)]
+    /// Helper processes (AMPED; at least 1). Ignored with --arch sped.
+    #[arg(long, value_name = "N", default_value_t = flash_core::DEFAULT_HELPERS)]
     helpers: usize,
 
     /// The flash-helper executable [default: next to flash-server].
@@ -196,6 +196,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(cli.arch, ArchArg::Amped) && cli.helpers == 0 {
+        bail!("--helpers 0: the AMPED architecture needs at least one helper process (--arch sped runs without)");
+    }
     let demo = match &cli.root {
         Some(_) => None,
         None => Some(demo_site::DemoSite::create().context("cannot write the demo site")?),
@@ -285,7 +288,7 @@ fn engine_config(cli: &Cli, root: PathBuf, helper_path: PathBuf) -> Config {
     };
     config.hidden = cli.hidden.into();
     config.index_names = cli.index.0.clone();
-    config.helpers = cli.helpers.max(1);
+    config.helpers = cli.helpers;
     config.helper_timeout = cli.helper_timeout;
     config.helper_queue = cli.helper_queue;
     config.header_timeout = cli.header_timeout;

@@ -72,3 +72,18 @@ fn bad_index_names_are_rejected() {
         assert!(err.contains(expected), "--index {value:?}: {err}");
     }
 }
+
+#[test]
+fn amped_without_helpers_is_a_clear_error() {
+    let out = flash_server()
+        .args(["--helpers", "0", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--helpers 0") && err.contains("at least one helper"),
+        "stderr: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}

@@ -139,3 +139,10 @@ fn backlog_defaults_to_somaxconn() {
     let (status, _, stderr) = server.stop(libc::SIGTERM);
     assert!(status.success(), "{status}: {stderr}");
 }
+
+#[test]
+fn sped_ignores_the_helper_count() {
+    let server = Running::start(&sped_args(&["--helpers", "0"]));
+    let (status, _, stderr) = server.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {stderr}");
+}
