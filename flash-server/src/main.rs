@@ -199,10 +199,15 @@ fn run(cli: Cli) -> Result<()> {
     if matches!(cli.arch, ArchArg::Amped) && cli.helpers == 0 {
         bail!("--helpers 0: the AMPED architecture needs at least one helper process (--arch sped runs without)");
     }
+    let user = cli.user.as_deref().map(process::lookup_user).transpose()?;
     let demo = match &cli.root {
         Some(_) => None,
         None => Some(demo_site::DemoSite::create().context("cannot write the demo site")?),
     };
+    if let (Some(demo), Some(user)) = (&demo, &user) {
+        demo.give_to(user.uid, user.gid)
+            .with_context(|| format!("cannot give the demo site to user {}", user.name))?;
+    }
     let root = match (&cli.root, &demo) {
         (Some(root), _) => root.clone(),
         (None, Some(demo)) => demo.path().to_path_buf(),
@@ -242,7 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             listen::bind(addr, backlog).with_context(|| format!("cannot listen on {addr}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    if let Some(user) = &cli.user {
+    if let Some(user) = &user {
         process::drop_privileges(user)?;
     }
     let shutdown = shutdown_on_signals()?;
@@ -254,10 +259,9 @@ fn run(cli: Cli) -> Result<()> {
         .collect::<std::io::Result<_>>()?;
     let server =
         Server::new(config, listeners, Some(shutdown)).context("cannot start the server")?;
-    let what = if demo.is_some() {
-        "the demo site".to_string()
-    } else {
-        server_root_display(&cli)
+    let what = match &demo {
+        Some(demo) => format!("the demo site from {}", demo.path().display()),
+        None => server_root_display(&cli),
     };
     log::info!(
         "serving {what} ({}, {} helper process(es))",

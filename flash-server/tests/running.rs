@@ -1,6 +1,8 @@
 //! The running binary, seen from outside: its listening sockets, its exit.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,20 @@ impl Running {
 
     fn port(&self) -> &str {
         self.addr.rsplit(':').next().unwrap()
+    }
+
+    /// Reads stderr up to a line containing `needle`; returns that line.
+    fn stderr_line(&mut self, needle: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("stderr ended without a line containing {needle:?}");
+            }
+            if line.contains(needle) {
+                return line.trim_end().to_owned();
+            }
+        }
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -145,4 +161,64 @@ fn sped_ignores_the_helper_count() {
     let server = Running::start(&sped_args(&["--helpers", "0"]));
     let (status, _, stderr) = server.stop(libc::SIGTERM);
     assert!(status.success(), "{status}: {stderr}");
+}
+
+/// The flags that start the server as `nobody` on the demo site: AMPED if
+/// flash-helper was built next to flash-server, else SPED.
+fn demo_as_nobody_args() -> Vec<&'static str> {
+    let helper = Path::new(env!("CARGO_BIN_EXE_flash-server")).with_file_name("flash-helper");
+    let arch = if helper.is_file() {
+        "amped"
+    } else {
+        eprintln!(
+            "note: {} not built; testing with --arch sped",
+            helper.display()
+        );
+        "sped"
+    };
+    vec![
+        "--user",
+        "nobody",
+        "--listen",
+        "127.0.0.1:0",
+        "--arch",
+        arch,
+    ]
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn demo_site_served_as_another_user_is_removed_at_exit() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can start flash-server with --user nobody");
+        return;
+    }
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut server = Running::start(&demo_as_nobody_args());
+        let line = server.stderr_line("serving the demo site from ");
+        let dir = line
+            .split("serving the demo site from ")
+            .nth(1)
+            .and_then(|rest| rest.rsplit_once(" ("))
+            .map(|(dir, _)| PathBuf::from(dir))
+            .unwrap_or_else(|| panic!("no directory in {line:?}"));
+        assert!(dir.join("index.html").is_file(), "{line}");
+        let reply = get(&server.addr, "/about/");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let (status, _, stderr) = server.stop(signal);
+        assert!(status.success(), "signal {signal}: {status}: {stderr}");
+        assert!(
+            !dir.exists(),
+            "signal {signal}: {} left behind; stderr: {stderr}",
+            dir.display()
+        );
+    }
 }
