@@ -6,10 +6,9 @@
 mod demo_site;
 mod listen;
 mod process;
+mod signals;
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -204,6 +203,10 @@ fn run(cli: Cli) -> Result<()> {
         Some(_) => None,
         None => Some(demo_site::DemoSite::create().context("cannot write the demo site")?),
     };
+    // From here on a signal no longer kills the process before the demo
+    // site is removed; one that arrives during startup stops the server
+    // as soon as its loop runs.
+    let shutdown = signals::watch(demo.as_ref().map(|d| d.path().to_path_buf()))?;
     if let (Some(demo), Some(user)) = (&demo, &user) {
         demo.give_to(user.uid, user.gid)
             .with_context(|| format!("cannot give the demo site to user {}", user.name))?;
@@ -250,7 +253,6 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(user) = &user {
         process::drop_privileges(user)?;
     }
-    let shutdown = shutdown_on_signals()?;
 
     let config = engine_config(&cli, root, helper_path);
     let addrs: Vec<SocketAddr> = listeners
@@ -320,16 +322,6 @@ fn server_root_display(cli: &Cli) -> String {
         .as_deref()
         .map(|p| p.display().to_string())
         .unwrap_or_default()
-}
-
-/// A socket that becomes readable on SIGINT or SIGTERM.
-fn shutdown_on_signals() -> Result<OwnedFd> {
-    let (read_end, write_end) = UnixStream::pair()?;
-    write_end.set_nonblocking(true)?;
-    let write_end = write_end.try_clone()?;
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write_end.try_clone()?)?;
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write_end)?;
-    Ok(OwnedFd::from(read_end))
 }
 
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {

@@ -163,29 +163,6 @@ fn sped_ignores_the_helper_count() {
     assert!(status.success(), "{status}: {stderr}");
 }
 
-/// The flags that start the server as `nobody` on the demo site: AMPED if
-/// flash-helper was built next to flash-server, else SPED.
-fn demo_as_nobody_args() -> Vec<&'static str> {
-    let helper = Path::new(env!("CARGO_BIN_EXE_flash-server")).with_file_name("flash-helper");
-    let arch = if helper.is_file() {
-        "amped"
-    } else {
-        eprintln!(
-            "note: {} not built; testing with --arch sped",
-            helper.display()
-        );
-        "sped"
-    };
-    vec![
-        "--user",
-        "nobody",
-        "--listen",
-        "127.0.0.1:0",
-        "--arch",
-        arch,
-    ]
-}
-
 fn get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
@@ -202,15 +179,9 @@ fn demo_site_served_as_another_user_is_removed_at_exit() {
         return;
     }
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let mut server = Running::start(&demo_as_nobody_args());
-        let line = server.stderr_line("serving the demo site from ");
-        let dir = line
-            .split("serving the demo site from ")
-            .nth(1)
-            .and_then(|rest| rest.rsplit_once(" ("))
-            .map(|(dir, _)| PathBuf::from(dir))
-            .unwrap_or_else(|| panic!("no directory in {line:?}"));
-        assert!(dir.join("index.html").is_file(), "{line}");
+        let mut server = Running::start(&demo_args(&["--user", "nobody"]));
+        let dir = demo_dir(&mut server);
+        assert!(dir.join("index.html").is_file(), "{}", dir.display());
         let reply = get(&server.addr, "/about/");
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         let (status, _, stderr) = server.stop(signal);
@@ -220,5 +191,110 @@ fn demo_site_served_as_another_user_is_removed_at_exit() {
             "signal {signal}: {} left behind; stderr: {stderr}",
             dir.display()
         );
+    }
+}
+
+/// The arguments for the demo site over AMPED when flash-helper is built,
+/// else SPED; and which one it is.
+fn demo_args(extra: &[&'static str]) -> Vec<&'static str> {
+    let helper = Path::new(env!("CARGO_BIN_EXE_flash-server")).with_file_name("flash-helper");
+    let arch = if helper.is_file() { "amped" } else { "sped" };
+    let mut args = vec!["--listen", "127.0.0.1:0", "--arch", arch];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The directory of the `serving the demo site from DIR (...)` log line.
+fn demo_dir(server: &mut Running) -> PathBuf {
+    let line = server.stderr_line("serving the demo site from ");
+    line.split("serving the demo site from ")
+        .nth(1)
+        .and_then(|rest| rest.rsplit_once(" ("))
+        .map(|(dir, _)| PathBuf::from(dir))
+        .unwrap_or_else(|| panic!("no directory in {line:?}"))
+}
+
+#[test]
+fn idle_server_exits_promptly_and_quietly() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut server = Running::start(&demo_args(&[]));
+        let dir = demo_dir(&mut server);
+        let (status, took, stderr) = server.stop(signal);
+        eprintln!("signal {signal}: exit after {took:?}");
+        assert!(status.success(), "signal {signal}: {status}: {stderr}");
+        // The target is well under 100 ms (about 10 ms here); the bound
+        // leaves room for a loaded machine.
+        assert!(
+            took < Duration::from_millis(500),
+            "signal {signal}: took {took:?}"
+        );
+        assert!(!stderr.contains("warn"), "signal {signal}: {stderr}");
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    // A request head begun but not finished holds the graceful shutdown
+    // (for up to --shutdown-timeout); a second signal must not wait for it.
+    let mut server = Running::start(&demo_args(&[
+        "--header-timeout",
+        "60s",
+        "--shutdown-timeout",
+        "60s",
+    ]));
+    let dir = demo_dir(&mut server);
+    let helpers = children(server.child.id());
+    let mut client = TcpStream::connect(&server.addr).unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the graceful shutdown no longer waits for a request in progress: \
+         hold it some other way for this test"
+    );
+    let (status, took, stderr) = server.stop(libc::SIGINT);
+    eprintln!("second SIGINT: exit after {took:?}");
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{stderr}");
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert!(stderr.contains("second SIGINT"), "{stderr}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    // The helpers follow by their parent-death signal.
+    for pid in helpers {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while is_running(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "helper {pid} outlived the server"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(client);
+}
+
+/// Child processes of `pid` (its helpers).
+fn children(pid: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        // Empty when the kernel lacks CONFIG_PROC_CHILDREN: nothing checked then.
+        let list =
+            std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
+        pids.extend(list.split_whitespace().map(|p| p.parse::<u32>().unwrap()));
+    }
+    pids
+}
+
+/// Whether `pid` exists and has not exited (a zombie waiting for its
+/// reaper has).
+fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
     }
 }
