@@ -1,5 +1,9 @@
 //! The embedded demo site, served when no document root is given: written
 //! to a private temporary directory at start and removed at exit.
+//!
+//! With `--user` the process that must remove it at exit no longer runs as
+//! the one that created it, and the temporary directory is sticky (only an
+//! entry's owner may delete it): the tree is handed to that user first.
 
 use std::fs;
 use std::io;
@@ -45,10 +49,30 @@ impl DemoSite {
     pub fn path(&self) -> &Path {
         &self.dir
     }
+
+    /// Makes `uid:gid` the owner of the whole tree, so a process running as
+    /// that user can remove it.
+    pub fn give_to(&self, uid: u32, gid: u32) -> io::Result<()> {
+        fn walk(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+            // lchown: nothing here is a symlink, and none must be followed.
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+            if fs::symlink_metadata(path)?.is_dir() {
+                for entry in fs::read_dir(path)? {
+                    walk(&entry?.path(), uid, gid)?;
+                }
+            }
+            Ok(())
+        }
+        walk(&self.dir, uid, gid)
+    }
 }
 
 impl Drop for DemoSite {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot remove the demo site {}: {e}", self.dir.display());
+            }
+        }
     }
 }

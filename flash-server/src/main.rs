@@ -4,17 +4,17 @@
 //! serves an embedded demo site.
 
 mod demo_site;
+mod listen;
 mod process;
+mod signals;
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use flash_core::{Arch, Config, Server, SymlinkPolicy};
+use flash_core::{Arch, Config, HiddenFiles, Server, SymlinkPolicy, DEFAULT_INDEX_NAMES};
 
 /// A fast static-file HTTP/1.1 server: one event loop, helper processes for
 /// the disk (the AMPED architecture of the Flash web server).
@@ -28,12 +28,16 @@ struct Cli {
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: Vec<SocketAddr>,
 
+    /// Connections the kernel queues for accept per listener [default: net.core.somaxconn, which also caps it].
+    #[arg(long, value_name = "N")]
+    backlog: Option<u32>,
+
     /// amped: disk work in helper processes; sped: inline (the baseline).
     #[arg(long, value_enum, default_value_t = ArchArg::Amped)]
     arch: ArchArg,
 
-    /// Helper processes (AMPED).
-    #[arg(long, default_value_t = 8)]
+    /// Helper processes (AMPED; at least 1). Ignored with --arch sped.
+    #[arg(long, value_name = "N", default_value_t = flash_core::DEFAULT_HELPERS)]
     helpers: usize,
 
     /// The flash-helper executable [default: next to flash-server].
@@ -52,6 +56,14 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = SymlinksArg::WithinRoot)]
     symlinks: SymlinksArg,
 
+    /// Paths with a segment starting with "." (/.git, /.env): deny answers 404 (except under /.well-known/), allow serves them.
+    #[arg(long, value_enum, default_value_t = HiddenArg::from(HiddenFiles::default()))]
+    hidden: HiddenArg,
+
+    /// Directory index file names, tried in order; separated by spaces or commas.
+    #[arg(long, value_name = "NAMES", default_value_t = IndexNames::default(), value_parser = parse_index_names)]
+    index: IndexNames,
+
     /// Run as this user after binding (helpers too).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
@@ -59,6 +71,10 @@ struct Cli {
     /// Time a client has to send a request head.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     header_timeout: Duration,
+
+    /// Time a client has to send a request body [default: --header-timeout].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    body_timeout: Option<Duration>,
 
     /// Time an idle keep-alive connection stays open.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
@@ -129,6 +145,46 @@ enum SymlinksArg {
     Never,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HiddenArg {
+    Deny,
+    Allow,
+}
+
+impl From<HiddenFiles> for HiddenArg {
+    fn from(policy: HiddenFiles) -> HiddenArg {
+        match policy {
+            HiddenFiles::Deny => HiddenArg::Deny,
+            HiddenFiles::Allow => HiddenArg::Allow,
+        }
+    }
+}
+
+impl From<HiddenArg> for HiddenFiles {
+    fn from(arg: HiddenArg) -> HiddenFiles {
+        match arg {
+            HiddenArg::Deny => HiddenFiles::Deny,
+            HiddenArg::Allow => HiddenFiles::Allow,
+        }
+    }
+}
+
+/// The `--index` list: at least one name, none with a `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IndexNames(Vec<String>);
+
+impl Default for IndexNames {
+    fn default() -> IndexNames {
+        IndexNames(DEFAULT_INDEX_NAMES.map(String::from).to_vec())
+    }
+}
+
+impl std::fmt::Display for IndexNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(" "))
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     process::init_logging(cli.log_level);
@@ -139,10 +195,22 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(cli.arch, ArchArg::Amped) && cli.helpers == 0 {
+        bail!("--helpers 0: the AMPED architecture needs at least one helper process (--arch sped runs without)");
+    }
+    let user = cli.user.as_deref().map(process::lookup_user).transpose()?;
     let demo = match &cli.root {
         Some(_) => None,
         None => Some(demo_site::DemoSite::create().context("cannot write the demo site")?),
     };
+    // From here on a signal no longer kills the process before the demo
+    // site is removed; one that arrives during startup stops the server
+    // as soon as its loop runs.
+    let shutdown = signals::watch(demo.as_ref().map(|d| d.path().to_path_buf()))?;
+    if let (Some(demo), Some(user)) = (&demo, &user) {
+        demo.give_to(user.uid, user.gid)
+            .with_context(|| format!("cannot give the demo site to user {}", user.name))?;
+    }
     let root = match (&cli.root, &demo) {
         (Some(root), _) => root.clone(),
         (None, Some(demo)) => demo.path().to_path_buf(),
@@ -167,55 +235,35 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     process::raise_descriptor_limit();
+    let somaxconn = listen::somaxconn();
+    let backlog = cli
+        .backlog
+        .or(somaxconn)
+        .unwrap_or(listen::FALLBACK_BACKLOG);
+    if let Some(cap) = somaxconn.filter(|&cap| backlog > cap) {
+        log::warn!("--backlog {backlog} exceeds net.core.somaxconn; the kernel caps it at {cap}");
+    }
     let listeners = cli
         .listen
         .iter()
-        .map(|addr| TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}")))
+        .map(|&addr| {
+            listen::bind(addr, backlog).with_context(|| format!("cannot listen on {addr}"))
+        })
         .collect::<Result<Vec<_>>>()?;
-    if let Some(user) = &cli.user {
+    if let Some(user) = &user {
         process::drop_privileges(user)?;
     }
-    let shutdown = shutdown_on_signals()?;
 
-    let mut config = Config::new(root, helper_path);
-    config.arch = match cli.arch {
-        ArchArg::Amped => Arch::Amped,
-        ArchArg::Sped => Arch::Sped,
-    };
-    config.symlinks = match cli.symlinks {
-        SymlinksArg::WithinRoot => SymlinkPolicy::WithinRoot,
-        SymlinksArg::Never => SymlinkPolicy::Never,
-    };
-    config.helpers = cli.helpers.max(1);
-    config.helper_timeout = cli.helper_timeout;
-    config.helper_queue = cli.helper_queue;
-    config.header_timeout = cli.header_timeout;
-    config.idle_timeout = cli.idle_timeout;
-    config.send_timeout = cli.send_timeout;
-    config.shutdown_timeout = cli.shutdown_timeout;
-    config.max_connections = cli.max_connections.max(1);
-    config.residency_budget = cli.residency_budget;
-    config.path_cache_entries = cli.path_cache_entries;
-    config.path_freshness = cli.path_cache_ttl;
-    config.header_cache = !cli.no_header_cache;
-    config.map_cache_bytes = cli.cache_memory;
-    config.limits = flash_http::Limits {
-        max_head_bytes: usize::try_from(cli.max_head_bytes).unwrap_or(usize::MAX),
-        max_headers: cli.max_headers,
-        max_target_bytes: usize::try_from(cli.max_target_bytes).unwrap_or(usize::MAX),
-        max_discard_body: cli.max_body_bytes,
-    };
-
+    let config = engine_config(&cli, root, helper_path);
     let addrs: Vec<SocketAddr> = listeners
         .iter()
         .map(TcpListener::local_addr)
         .collect::<std::io::Result<_>>()?;
     let server =
         Server::new(config, listeners, Some(shutdown)).context("cannot start the server")?;
-    let what = if demo.is_some() {
-        "the demo site".to_string()
-    } else {
-        server_root_display(&cli)
+    let what = match &demo {
+        Some(demo) => format!("the demo site from {}", demo.path().display()),
+        None => server_root_display(&cli),
     };
     log::info!(
         "serving {what} ({}, {} helper process(es))",
@@ -233,21 +281,47 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// The engine's configuration from the command line.
+fn engine_config(cli: &Cli, root: PathBuf, helper_path: PathBuf) -> Config {
+    let mut config = Config::new(root, helper_path);
+    config.arch = match cli.arch {
+        ArchArg::Amped => Arch::Amped,
+        ArchArg::Sped => Arch::Sped,
+    };
+    config.symlinks = match cli.symlinks {
+        SymlinksArg::WithinRoot => SymlinkPolicy::WithinRoot,
+        SymlinksArg::Never => SymlinkPolicy::Never,
+    };
+    config.hidden = cli.hidden.into();
+    config.index_names = cli.index.0.clone();
+    config.helpers = cli.helpers;
+    config.helper_timeout = cli.helper_timeout;
+    config.helper_queue = cli.helper_queue;
+    config.header_timeout = cli.header_timeout;
+    config.body_timeout = cli.body_timeout.unwrap_or(cli.header_timeout);
+    config.idle_timeout = cli.idle_timeout;
+    config.send_timeout = cli.send_timeout;
+    config.shutdown_timeout = cli.shutdown_timeout;
+    config.max_connections = cli.max_connections.max(1);
+    config.residency_budget = cli.residency_budget;
+    config.path_cache_entries = cli.path_cache_entries;
+    config.path_freshness = cli.path_cache_ttl;
+    config.header_cache = !cli.no_header_cache;
+    config.map_cache_bytes = cli.cache_memory;
+    config.limits = flash_http::Limits {
+        max_head_bytes: usize::try_from(cli.max_head_bytes).unwrap_or(usize::MAX),
+        max_headers: cli.max_headers,
+        max_target_bytes: usize::try_from(cli.max_target_bytes).unwrap_or(usize::MAX),
+        max_discard_body: cli.max_body_bytes,
+    };
+    config
+}
+
 fn server_root_display(cli: &Cli) -> String {
     cli.root
         .as_deref()
         .map(|p| p.display().to_string())
         .unwrap_or_default()
-}
-
-/// A socket that becomes readable on SIGINT or SIGTERM.
-fn shutdown_on_signals() -> Result<OwnedFd> {
-    let (read_end, write_end) = UnixStream::pair()?;
-    write_end.set_nonblocking(true)?;
-    let write_end = write_end.try_clone()?;
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write_end.try_clone()?)?;
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write_end)?;
-    Ok(OwnedFd::from(read_end))
 }
 
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
@@ -276,6 +350,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration: {text}"))
+}
+
+/// "index.html index.htm", "index.html,default.htm": file names, in order.
+fn parse_index_names(text: &str) -> Result<IndexNames, String> {
+    let names: Vec<String> = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|name| !name.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() {
+        return Err("no index file name given (e.g. --index \"index.html index.htm\")".into());
+    }
+    if let Some(bad) = names
+        .iter()
+        .find(|name| name.contains(['/', '\0']) || *name == "." || *name == "..")
+    {
+        return Err(format!(
+            "invalid index file name {bad:?}: a file in the requested directory itself, without '/'"
+        ));
+    }
+    Ok(IndexNames(names))
 }
 
 /// "16384", "16K", "1M", "2G" (binary multiples).
@@ -308,6 +403,54 @@ mod tests {
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert_eq!(parse_size("42"), Ok(42));
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn index_names_parse() {
+        let names = |v: &[&str]| Ok(IndexNames(v.iter().map(|s| s.to_string()).collect()));
+        assert_eq!(parse_index_names("index.html"), names(&["index.html"]));
+        assert_eq!(
+            parse_index_names("index.html index.htm"),
+            names(&["index.html", "index.htm"])
+        );
+        assert_eq!(
+            parse_index_names(" a.html, b.htm ,c "),
+            names(&["a.html", "b.htm", "c"])
+        );
+        assert!(parse_index_names("").is_err());
+        assert!(parse_index_names(" , ").is_err());
+        assert!(parse_index_names("index.html sub/index.html").is_err());
+        assert!(parse_index_names("..").is_err());
+        // The default round-trips through its own parser.
+        assert_eq!(
+            parse_index_names(&IndexNames::default().to_string()),
+            Ok(IndexNames::default())
+        );
+    }
+
+    fn config_of(args: &[&str]) -> Config {
+        let cli = Cli::try_parse_from(std::iter::once("flash-server").chain(args.iter().copied()))
+            .unwrap();
+        engine_config(&cli, "/srv".into(), "/bin/flash-helper".into())
+    }
+
+    #[test]
+    fn body_timeout_follows_header_timeout() {
+        assert_eq!(config_of(&[]).body_timeout, Duration::from_secs(10));
+        let config = config_of(&["--header-timeout", "3s"]);
+        assert_eq!(config.body_timeout, Duration::from_secs(3));
+        let config = config_of(&["--header-timeout", "3s", "--body-timeout", "5s"]);
+        assert_eq!(config.body_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn hidden_and_index_reach_the_config() {
+        let config = config_of(&[]);
+        assert_eq!(config.hidden, HiddenFiles::Deny);
+        assert_eq!(config.index_names, DEFAULT_INDEX_NAMES);
+        let config = config_of(&["--hidden", "allow", "--index", "default.htm,index.html"]);
+        assert_eq!(config.hidden, HiddenFiles::Allow);
+        assert_eq!(config.index_names, ["default.htm", "index.html"]);
     }
 
     #[test]

@@ -6,9 +6,15 @@ use std::io;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// Switches to user `name` (and its primary group) for good, as nginx's
-/// `user` directive does: after binding, before any helper is spawned.
-pub fn drop_privileges(name: &str) -> Result<()> {
+/// A user to run as, looked up before anything is done on its behalf.
+pub struct User {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+/// Finds user `name` in the password database.
+pub fn lookup_user(name: &str) -> Result<User> {
     let c_name = CString::new(name).context("user name contains NUL")?;
     let mut entry: libc::passwd = unsafe_zeroed_passwd();
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -26,12 +32,22 @@ pub fn drop_privileges(name: &str) -> Result<()> {
     if rc != 0 || result.is_null() {
         bail!("no such user: {name}");
     }
-    let (uid, gid) = (entry.pw_uid, entry.pw_gid);
+    Ok(User {
+        name: name.to_owned(),
+        uid: entry.pw_uid,
+        gid: entry.pw_gid,
+    })
+}
+
+/// Switches to `user` (and its primary group) for good, as nginx's `user`
+/// directive does: after binding, before any helper is spawned.
+pub fn drop_privileges(user: &User) -> Result<()> {
+    let (uid, gid) = (user.uid, user.gid);
     // SAFETY: plain system calls on integers and a one-element array.
     unsafe {
         if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
             return Err(anyhow!(io::Error::last_os_error()))
-                .with_context(|| format!("cannot switch to user {name}"));
+                .with_context(|| format!("cannot switch to user {}", user.name));
         }
     }
     Ok(())

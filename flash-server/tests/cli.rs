@@ -55,3 +55,35 @@ fn bad_flag_values_are_rejected() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration"));
 }
+
+#[test]
+fn bad_index_names_are_rejected() {
+    for (value, expected) in [
+        (
+            "index.html sub/index.html",
+            "invalid index file name \"sub/index.html\"",
+        ),
+        ("", "no index file name given"),
+        (" , ", "no index file name given"),
+    ] {
+        let out = flash_server().args(["--index", value]).output().unwrap();
+        assert!(!out.status.success(), "--index {value:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "--index {value:?}: {err}");
+    }
+}
+
+#[test]
+fn amped_without_helpers_is_a_clear_error() {
+    let out = flash_server()
+        .args(["--helpers", "0", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--helpers 0") && err.contains("at least one helper"),
+        "stderr: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
