@@ -21,21 +21,20 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use flash_http::{
-    boundary_from, content_type, parse_request, percent_encode_path, plan_multipart, select,
+    boundary_from, is_hidden, parse_request, percent_encode_path, plan_multipart, select,
     write_error_response, ErrorExtra, Method, Parse, Request, RequestError, ResponseHead, Segment,
     Selection, Status, Validators,
 };
 use log::{debug, warn};
 
 use crate::cache::Cached;
-use crate::file::OpenFile;
+use crate::config::HiddenFiles;
+use crate::file::{Contents, OpenFile};
 use crate::fs::FsError;
 use crate::pool::Waiter;
 use crate::server::Ctx;
 use crate::sys;
 
-/// Bodies up to this size leave with their head in one `writev`.
-const SMALL_BODY: u64 = 32 * 1024;
 /// First allocation of a connection's read buffer.
 const READ_CHUNK: usize = 4096;
 /// How long a closing connection drains what the client still sends, so the
@@ -45,7 +44,10 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Result of finding a file: from the path cache, a helper, or inline.
 #[derive(Clone)]
 pub enum Lookup {
-    File { file: Rc<OpenFile>, is_index: bool },
+    File {
+        file: Rc<OpenFile>,
+        content_type: &'static str,
+    },
     Redirect,
     Failed(FsError),
     Unavailable,
@@ -54,7 +56,7 @@ pub enum Lookup {
 impl From<Cached> for Lookup {
     fn from(cached: Cached) -> Lookup {
         match cached {
-            Cached::File { file, is_index } => Lookup::File { file, is_index },
+            Cached::File { file, content_type } => Lookup::File { file, content_type },
             Cached::Redirect => Lookup::Redirect,
         }
     }
@@ -113,6 +115,8 @@ pub struct Connection {
     body: Option<Body>,
     /// Request-body bytes still to skip.
     discard: u64,
+    /// When the request body being skipped must have arrived.
+    body_deadline: Option<Instant>,
     keep_alive: bool,
     /// Some byte of the current response has left.
     response_started: bool,
@@ -142,6 +146,7 @@ impl Connection {
             write_pos: 0,
             body: None,
             discard: 0,
+            body_deadline: None,
             keep_alive: true,
             response_started: false,
             request_begun: false,
@@ -160,6 +165,12 @@ impl Connection {
     pub fn on_ready(&mut self, readable: bool, writable: bool) {
         self.readable |= readable;
         self.writable |= writable;
+    }
+
+    /// Lingering: the last response is complete and the write side shut;
+    /// only the client's remaining bytes are drained until its FIN.
+    pub fn is_lingering(&self) -> bool {
+        self.state == State::Lingering
     }
 
     /// Idle: between requests, nothing buffered, nothing owed.
@@ -203,8 +214,11 @@ impl Connection {
     /// A deadline passed.
     pub fn on_timeout(&mut self, ctx: &mut Ctx) -> Flow {
         self.deadline = None;
-        if self.state == State::Reading && self.request_begun && !self.response_started {
-            debug!("request head timeout");
+        if self.state == State::Reading
+            && (self.request_begun || self.discard > 0)
+            && !self.response_started
+        {
+            debug!("request head or body timeout");
             self.respond_fatal(ctx, Status::REQUEST_TIMEOUT);
             self.deadline = Some(ctx.now + ctx.config.send_timeout.min(LINGER));
             return Flow::Keep;
@@ -222,6 +236,7 @@ impl Connection {
             if self.discard > 0 {
                 return self.fill(ctx);
             }
+            self.body_deadline = None;
             if self.read_start < self.read_end && !self.request_begun {
                 // The next head began in the same read as the end of a body.
                 self.begin_request(ctx);
@@ -310,6 +325,12 @@ impl Connection {
         self.request_begun = false;
         self.deadline = None;
         match req.method {
+            Method::Get | Method::Head
+                if ctx.config.hidden == HiddenFiles::Deny && is_hidden(&req.path) =>
+            {
+                // `/.git/config`, `/.env`: as if they did not exist.
+                self.respond_simple(ctx, req, Status::NOT_FOUND, ErrorExtra::None)
+            }
             Method::Get | Method::Head if !req.asterisk => {
                 match ctx.lookup(me, &req.path, req.ends_with_slash) {
                     Some(found) => self.respond(ctx, req, found),
@@ -383,10 +404,12 @@ impl Connection {
 
     // ---- building responses --------------------------------------------
 
-    /// Consumes the head (and schedules the body discard) of the request now answered.
-    fn consume_request(&mut self, req: &Request<'_>) {
+    /// Consumes the head (and schedules the body discard) of the request now
+    /// answered; the body must arrive within the body timeout.
+    fn consume_request(&mut self, ctx: &Ctx, req: &Request<'_>) {
         self.read_start += req.head_len;
         self.discard = req.body_len;
+        self.body_deadline = (req.body_len > 0).then(|| ctx.now + ctx.config.body_timeout);
         self.state = State::Sending;
     }
 
@@ -399,7 +422,7 @@ impl Connection {
     ) {
         self.keep_alive = req.keep_alive && !ctx.shutting_down;
         self.respond_error(ctx, status, extra, req.method == Method::Head);
-        self.consume_request(req);
+        self.consume_request(ctx, req);
     }
 
     /// An error after which the connection closes (it says so in its head).
@@ -431,15 +454,20 @@ impl Connection {
         self.keep_alive = req.keep_alive && !ctx.shutting_down;
         let head_only = req.method == Method::Head;
         match found {
-            Lookup::File { file, is_index } => {
-                let ctype = content_type(if is_index { "index.html" } else { &req.path });
-                self.respond_file(ctx, req, file, ctype);
+            Lookup::File { file, content_type } => {
+                self.respond_file(ctx, req, file, content_type);
             }
             Lookup::Redirect => {
-                let mut location = String::with_capacity(req.path.len() + 2);
+                // The same target with the slash added; the query is kept.
+                let query = req.query.unwrap_or_default();
+                let mut location = String::with_capacity(req.path.len() + query.len() + 3);
                 location.push('/');
                 location.push_str(&percent_encode_path(&req.path));
                 location.push('/');
+                if let Some(query) = req.query {
+                    location.push('?');
+                    location.push_str(query);
+                }
                 self.respond_error(
                     ctx,
                     Status::MOVED_PERMANENTLY,
@@ -465,7 +493,7 @@ impl Connection {
                 head_only,
             ),
         }
-        self.consume_request(req);
+        self.consume_request(ctx, req);
     }
 
     fn respond_file(
@@ -569,53 +597,67 @@ impl Connection {
         let head_pending = self.write_pos < self.write_buf.len();
         if let Some(body) = &mut self.body {
             if body.pos < body.end {
-                if body.pos >= body.ready_until {
-                    let until = ctx.resident_until(&body.file, body.pos, body.end);
-                    if until > body.pos {
-                        body.ready_until = until;
-                    } else {
-                        return match ctx.prefetch(me, &body.file, body.pos) {
-                            true => {
-                                self.state = State::AwaitingPages;
-                                self.deadline = None;
-                                Step::Wait
-                            }
-                            false => match self.abandon_body(ctx) {
-                                Flow::Close => Step::Close,
-                                Flow::Keep | Flow::Yield => Step::Continue,
-                            },
-                        };
-                    }
-                }
-                if !self.writable {
-                    return Step::Wait;
-                }
-                let send_end = body.end.min(body.ready_until);
+                let Body {
+                    file,
+                    pos,
+                    end,
+                    ready_until,
+                    ..
+                } = body;
                 let sock = self.socket.as_fd();
-                let result = if head_pending {
-                    let head = &self.write_buf[self.write_pos..];
-                    let small = send_end - body.pos <= SMALL_BODY && body.rest.is_empty();
-                    let region = if small {
-                        ctx.maps.region(&body.file, body.pos, send_end)
-                    } else {
-                        None
-                    };
-                    match region {
-                        Some(region) => sys::writev2(sock, head, region).inspect(|&n| {
+                let result = match file.contents() {
+                    Contents::InMemory(bytes) => {
+                        if !self.writable {
+                            return Step::Wait;
+                        }
+                        // Head (or multipart literal) and bytes in one writev.
+                        let head = &self.write_buf[self.write_pos..];
+                        let bytes = &bytes[*pos as usize..*end as usize];
+                        sys::writev2(sock, head, bytes).inspect(|&n| {
                             let from_head = n.min(head.len());
                             self.write_pos += from_head;
-                            body.pos += (n - from_head) as u64;
-                        }),
-                        None => sys::send(sock, head, true).inspect(|&n| self.write_pos += n),
+                            *pos += (n - from_head) as u64;
+                        })
                     }
-                } else {
-                    let count = (send_end - body.pos) as usize;
-                    match sys::sendfile(sock, body.file.fd(), &mut body.pos, count) {
-                        Ok(0) => {
-                            warn!("file shrank while being sent; closing the connection");
-                            return Step::Close;
+                    Contents::Descriptor(fd) => {
+                        if *pos >= *ready_until {
+                            let until = ctx.resident_until(file, *pos, *end);
+                            if until > *pos {
+                                *ready_until = until;
+                            } else {
+                                return match ctx.prefetch(me, file, *pos) {
+                                    true => {
+                                        self.state = State::AwaitingPages;
+                                        self.deadline = None;
+                                        Step::Wait
+                                    }
+                                    false => match self.abandon_body(ctx) {
+                                        Flow::Close => Step::Close,
+                                        Flow::Keep | Flow::Yield => Step::Continue,
+                                    },
+                                };
+                            }
                         }
-                        other => other,
+                        if !self.writable {
+                            return Step::Wait;
+                        }
+                        if head_pending {
+                            // The head first, corked: the file's bytes follow.
+                            let head = &self.write_buf[self.write_pos..];
+                            sys::send(sock, head, true).inspect(|&n| self.write_pos += n)
+                        } else {
+                            let count = (*end.min(ready_until) - *pos) as usize;
+                            match sys::sendfile(sock, fd.as_fd(), pos, count) {
+                                Ok(0) => {
+                                    warn!(
+                                        "file shrank while being sent (inode {}); response cut short, closing the connection",
+                                        file.meta.ino
+                                    );
+                                    return Step::Close;
+                                }
+                                other => other,
+                            }
+                        }
                     }
                 };
                 return self.after_write(ctx, result);
@@ -693,14 +735,12 @@ impl Connection {
         }
         self.state = State::Reading;
         self.request_begun = (self.read_end - self.read_start) as u64 > self.discard;
-        self.deadline = Some(
-            ctx.now
-                + if self.request_begun {
-                    ctx.config.header_timeout
-                } else {
-                    ctx.config.idle_timeout
-                },
-        );
+        self.deadline = match self.body_deadline {
+            // A body still trickling in keeps its own deadline.
+            Some(at) if self.discard > 0 => Some(at),
+            _ if self.request_begun => Some(ctx.now + ctx.config.header_timeout),
+            _ => Some(ctx.now + ctx.config.idle_timeout),
+        };
         Step::Continue
     }
 

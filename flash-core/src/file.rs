@@ -1,7 +1,8 @@
-//! An open file as the main process holds it: the descriptor a helper (or
-//! the inline resolver) opened, its metadata, and what is derived from them
-//! once: the entity tag, the residency probe to trust, and the cached
-//! response head (the paper's response header cache).
+//! A file as the main process holds it: its bytes (a copy in memory for
+//! small files, else the descriptor a helper or the inline resolver opened),
+//! its metadata, and what is derived from them once: the entity tag, the
+//! residency probe to trust, and the cached response head (the paper's
+//! response header cache).
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -12,10 +13,22 @@ use flash_http::ETag;
 use crate::fs::FileMeta;
 use crate::residency::Probe;
 
+/// Where a file's bytes come from when it is sent.
+pub enum Contents {
+    /// A small file, read whole by the helper that resolved it (a consistent
+    /// snapshot: the helper checked the metadata before and after reading).
+    /// Sent from this memory with `writev`: no descriptor, no mapping and no
+    /// residency check, and a later change of the file cannot alter it.
+    InMemory(Box<[u8]>),
+    /// A larger file: sent with `sendfile` (which never reads past the
+    /// current end of file) after a residency check.
+    Descriptor(File),
+}
+
 /// A file ready to be served. Shared (`Rc`) by every connection sending it
 /// and by the path cache.
 pub struct OpenFile {
-    file: File,
+    contents: Contents,
     pub meta: FileMeta,
     pub etag: ETag,
     /// Which residency probe tells the truth for this file (downgraded once
@@ -37,9 +50,20 @@ const DATE_FIELD: &[u8] = b"\r\nDate: ";
 const DATE_LEN: usize = 29;
 
 impl OpenFile {
-    pub fn new(fd: OwnedFd, meta: FileMeta, probe: Probe) -> OpenFile {
+    /// A file served through its descriptor.
+    pub fn with_descriptor(fd: OwnedFd, meta: FileMeta, probe: Probe) -> OpenFile {
+        OpenFile::new(Contents::Descriptor(File::from(fd)), meta, probe)
+    }
+
+    /// A small file whose `bytes` (exactly `meta.size` of them) were read whole.
+    pub fn in_memory(bytes: Box<[u8]>, meta: FileMeta) -> OpenFile {
+        debug_assert_eq!(bytes.len() as u64, meta.size);
+        OpenFile::new(Contents::InMemory(bytes), meta, Probe::Mincore)
+    }
+
+    fn new(contents: Contents, meta: FileMeta, probe: Probe) -> OpenFile {
         OpenFile {
-            file: File::from(fd),
+            contents,
             etag: ETag::new(meta.mtime_secs.max(0) as u64, meta.size),
             meta,
             probe: Cell::new(probe),
@@ -58,8 +82,29 @@ impl OpenFile {
         self.residency_memo.set((tick, start, until));
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+    pub fn contents(&self) -> &Contents {
+        &self.contents
+    }
+
+    /// The descriptor, for files not held in memory.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.contents {
+            Contents::Descriptor(file) => Some(file.as_fd()),
+            Contents::InMemory(_) => None,
+        }
+    }
+
+    /// Whether this file holds a descriptor (counted against the cache's share).
+    pub fn holds_descriptor(&self) -> bool {
+        matches!(self.contents, Contents::Descriptor(_))
+    }
+
+    /// Bytes of memory this file's contents occupy (0 for a descriptor).
+    pub fn memory_cost(&self) -> u64 {
+        match &self.contents {
+            Contents::InMemory(bytes) => bytes.len() as u64,
+            Contents::Descriptor(_) => 0,
+        }
     }
 
     pub fn len(&self) -> u64 {

@@ -158,8 +158,9 @@ pub enum Resolution {
         file: OwnedFd,
         /// Its `fstat`.
         meta: FileMeta,
-        /// True when the request named a directory and this is its `index.html`.
-        is_index: bool,
+        /// When the request named a directory: which of the index names
+        /// (position in the list) this file is.
+        index: Option<u8>,
     },
     /// A directory named without its trailing slash: redirect to path + "/".
     Redirect,
@@ -233,26 +234,26 @@ impl Resolver {
 
     /// Resolves `path` (relative, normalised; `""` is the root) and opens it.
     ///
-    /// - regular file: `File { is_index: false }`, or `NotFound` when
+    /// - regular file: `File { index: None }`, or `NotFound` when
     ///   `ends_with_slash`;
-    /// - directory: `Redirect` when `!ends_with_slash`, else its `index.html`
-    ///   (`File { is_index: true }`), or `Forbidden` when it has none (or it
-    ///   is not a regular file);
+    /// - directory: `Redirect` when `!ends_with_slash`, else the first of its
+    ///   index names that exists (`File { index: Some(i) }`), or `Forbidden`
+    ///   when it has none (or it is not a regular file);
     /// - anything else: `NotAFile`.
     ///
-    /// `index.html` is looked up as `path/index.html` from the root, under
-    /// the same confinement.
+    /// An index is looked up as `path/NAME` from the root, under the same
+    /// confinement.
     pub fn resolve(&self, path: &str, ends_with_slash: bool) -> Result<Resolution, FsError> {
         let file = self.open_beneath(if path.is_empty() { "." } else { path })?;
         let st = fstat(file.as_fd()).map_err(|e| FsError::from_io(&e))?;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG if ends_with_slash => Err(FsError::NotFound),
-            libc::S_IFREG => finish_file(file, &st, false),
+            libc::S_IFREG => finish_file(file, &st, None),
             libc::S_IFDIR if !ends_with_slash => Ok(Resolution::Redirect),
             libc::S_IFDIR => {
                 drop(file);
                 let dir = path.trim_end_matches('/');
-                for name in &self.index_names {
+                for (i, name) in self.index_names.iter().enumerate().take(256) {
                     let index = if dir.is_empty() {
                         name.clone()
                     } else {
@@ -267,7 +268,7 @@ impl Resolver {
                     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                         return Err(FsError::Forbidden);
                     }
-                    return finish_file(file, &st, true);
+                    return finish_file(file, &st, Some(i as u8));
                 }
                 // No index: directory listing is not supported.
                 Err(FsError::Forbidden)
@@ -295,7 +296,7 @@ impl Resolver {
 /// Switches a just-opened regular file back to blocking mode (`O_NONBLOCK`
 /// was only there to keep a FIFO from blocking the open), turns off its
 /// readahead, and packages it.
-fn finish_file(file: OwnedFd, st: &libc::stat, is_index: bool) -> Result<Resolution, FsError> {
+fn finish_file(file: OwnedFd, st: &libc::stat, index: Option<u8>) -> Result<Resolution, FsError> {
     // SAFETY: F_SETFL on an open descriptor touches no memory. Only the
     // status flags F_SETFL can change are affected; 0 clears O_NONBLOCK.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
@@ -310,8 +311,54 @@ fn finish_file(file: OwnedFd, st: &libc::stat, is_index: bool) -> Result<Resolut
     Ok(Resolution::File {
         file,
         meta: FileMeta::from_stat(st),
-        is_index,
+        index,
     })
+}
+
+/// Largest file whose bytes travel to the main process in memory instead of
+/// as a descriptor: such files then cost the main process no descriptor and
+/// no mapping, and their response is one `writev` from memory.
+pub const INLINE_MAX: u64 = 32 * 1024;
+
+/// How often [`settle`] rereads a file that keeps changing under it.
+const SETTLE_TRIES: usize = 3;
+
+/// The final metadata of an opened file and, for a file of at most
+/// `inline_max` bytes, its whole contents.
+///
+/// Call it after anything that must see later changes (a change watch) is in
+/// place: the metadata is read again here, so a change made between the
+/// open and the watch is not missed. The contents are a consistent snapshot:
+/// metadata read before and after the read must agree and the read must
+/// return exactly `size` bytes, else it tries again; a file that keeps
+/// changing is returned without contents (it is then served through its
+/// descriptor, whose `sendfile` never sends past the end of file).
+pub fn settle(
+    file: BorrowedFd<'_>,
+    inline_max: u64,
+) -> Result<(FileMeta, Option<Vec<u8>>), FsError> {
+    for _ in 0..SETTLE_TRIES {
+        let before = file_meta(file)?;
+        if before.size > inline_max {
+            return Ok((before, None));
+        }
+        // One byte more than expected, so growth shows as a longer read.
+        let mut bytes = vec![0u8; before.size as usize + 1];
+        let mut got = 0;
+        while got < bytes.len() {
+            match pread(file, &mut bytes[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return Err(FsError::from_io(&e)),
+            }
+        }
+        let after = file_meta(file)?;
+        if got as u64 == before.size && after == before {
+            bytes.truncate(got);
+            return Ok((after, Some(bytes)));
+        }
+    }
+    Ok((file_meta(file)?, None))
 }
 
 /// `fstat` of an open descriptor, as a [`FileMeta`].

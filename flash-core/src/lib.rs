@@ -33,6 +33,7 @@ pub mod reactor;
 pub mod residency;
 pub mod server;
 pub mod sys;
+pub mod watch;
 
 pub use config::{Arch, Config, HiddenFiles, DEFAULT_HELPERS, DEFAULT_INDEX_NAMES};
 pub use fs::SymlinkPolicy;

@@ -63,13 +63,27 @@ pub enum JobKind {
     },
 }
 
+/// How a resolved file's bytes arrived.
+pub enum Found {
+    /// The whole (small) file.
+    Contents(Vec<u8>),
+    /// Its open descriptor.
+    Descriptor(OwnedFd),
+}
+
+/// A regular file a resolution found.
+pub struct FoundFile {
+    pub found: Found,
+    pub meta: FileMeta,
+    /// Which index name it is, when a directory was requested.
+    pub index: Option<u8>,
+    /// The change watch added for it, if any.
+    pub watch: Option<i32>,
+}
+
 /// What a finished job produced.
 pub enum Outcome {
-    Resolved {
-        fd: OwnedFd,
-        meta: FileMeta,
-        is_index: bool,
-    },
+    Resolved(FoundFile),
     Redirect,
     Prefetched {
         file: Rc<OpenFile>,
@@ -114,6 +128,7 @@ pub struct PoolConfig {
     pub helper_path: PathBuf,
     pub root: PathBuf,
     pub symlinks: SymlinkPolicy,
+    pub index_names: Vec<String>,
     pub helpers: usize,
     pub max_queue: usize,
     pub timeout: Duration,
@@ -186,11 +201,29 @@ pub struct HelperPool {
     zombies: Vec<Child>,
     frame: Vec<u8>,
     recv_buf: Vec<u8>,
+    /// The inotify instance helpers add change watches to (their fd 4).
+    watch_fd: Option<OwnedFd>,
+    /// This process ran out of descriptors since the last look.
+    out_of_descriptors: bool,
+}
+
+/// Where a helper finds its socket and the inotify instance.
+const HELPER_SOCKET_FD: i32 = 3;
+const HELPER_WATCH_FD: i32 = 4;
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 impl HelperPool {
     /// Spawns the helpers; their sockets get poller keys `key_base + slot`.
-    pub fn start(config: PoolConfig, poller: &Poller, key_base: usize) -> io::Result<HelperPool> {
+    /// `watch_fd`: an inotify instance the helpers add change watches to.
+    pub fn start(
+        config: PoolConfig,
+        poller: &Poller,
+        key_base: usize,
+        watch_fd: Option<OwnedFd>,
+    ) -> io::Result<HelperPool> {
         let helpers = config.helpers.max(1);
         let reserved = if helpers == 1 {
             0
@@ -216,6 +249,8 @@ impl HelperPool {
             zombies: Vec::new(),
             frame: Vec::with_capacity(256),
             recv_buf: vec![0; codec::MAX_WIRE_LEN],
+            watch_fd,
+            out_of_descriptors: false,
         };
         for slot in 0..helpers {
             // At start a helper that cannot be spawned is a configuration error.
@@ -339,6 +374,9 @@ impl HelperPool {
                 None
             }
             JobKind::Prefetch { file, offset, len } => {
+                let fd = file.fd().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "file held in memory")
+                })?;
                 codec::encode(
                     &ToHelper::Prefetch {
                         id,
@@ -347,7 +385,7 @@ impl HelperPool {
                     },
                     &mut self.frame,
                 );
-                Some(file.fd())
+                Some(fd)
             }
         };
         // One outstanding message per helper, so the socket buffer never fills.
@@ -394,6 +432,17 @@ impl HelperPool {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // The helper answered, but the descriptor it sent could
+                    // not be received: this process is out of them. Not the
+                    // helper's fault; its job is tried once more after the
+                    // server has made room (or gets 503).
+                    self.out_of_descriptors = true;
+                    if let SlotState::Busy { job, .. } = self.slots[slot].state {
+                        self.slots[slot].state = SlotState::Idle;
+                        self.retry_or_fail(job, done);
+                    }
+                }
                 Err(e) => {
                     warn!("helper {slot}: {e}; killing it");
                     self.retire(slot, poller, done, false);
@@ -428,10 +477,32 @@ impl HelperPool {
                 let job = self.take_job(job).ok_or("reply for an unknown job")?;
                 let outcome = match (reply, &job.kind, fd) {
                     (
-                        FromHelper::Resolved { meta, is_index, .. },
+                        FromHelper::Resolved {
+                            meta,
+                            index,
+                            contents,
+                            watch,
+                            ..
+                        },
                         JobKind::Resolve { .. },
-                        Some(fd),
-                    ) => Some(Outcome::Resolved { fd, meta, is_index }),
+                        fd,
+                    ) => match (contents, fd) {
+                        (Some(bytes), None) if bytes.len() as u64 == meta.size => {
+                            Some(Outcome::Resolved(FoundFile {
+                                found: Found::Contents(bytes),
+                                meta,
+                                index,
+                                watch,
+                            }))
+                        }
+                        (None, Some(fd)) => Some(Outcome::Resolved(FoundFile {
+                            found: Found::Descriptor(fd),
+                            meta,
+                            index,
+                            watch,
+                        })),
+                        _ => None,
+                    },
                     (FromHelper::Redirect { .. }, JobKind::Resolve { .. }, None) => {
                         Some(Outcome::Redirect)
                     }
@@ -478,14 +549,8 @@ impl HelperPool {
             }
         }
         if let SlotState::Busy { job, .. } = self.slots[slot].state {
-            let retry = crashed && self.jobs.get(&job).is_some_and(|j| j.crashes == 0);
-            if retry {
-                if let Some(j) = self.jobs.get_mut(&job) {
-                    j.crashes += 1;
-                    // Its wait starts again: the queue timeout is for waiting.
-                    j.queued_at = Instant::now();
-                }
-                self.queue.push_front(job);
+            if crashed {
+                self.retry_or_fail(job, done);
             } else if let Some(j) = self.take_job(job) {
                 done.push(Completion::new(j, Outcome::Unavailable));
             }
@@ -511,9 +576,42 @@ impl HelperPool {
         }
     }
 
+    /// Queues `job` again at the front if it has not been retried yet, else
+    /// answers its waiters with `Unavailable`.
+    fn retry_or_fail(&mut self, job: u64, done: &mut Vec<Completion>) {
+        match self.jobs.get_mut(&job) {
+            Some(j) if j.crashes == 0 => {
+                j.crashes += 1;
+                // Its wait starts again: the queue timeout is for waiting.
+                j.queued_at = Instant::now();
+                self.queue.push_front(job);
+            }
+            _ => {
+                if let Some(j) = self.take_job(job) {
+                    done.push(Completion::new(j, Outcome::Unavailable));
+                }
+            }
+        }
+    }
+
+    /// Whether this process ran out of descriptors (receiving a helper's
+    /// descriptor, or starting a helper) since the last call.
+    pub fn take_out_of_descriptors(&mut self) -> bool {
+        std::mem::take(&mut self.out_of_descriptors)
+    }
+
     fn spawn(&mut self, slot: usize, poller: &Poller) -> io::Result<()> {
+        let result = self.try_spawn(slot, poller);
+        if result.as_ref().is_err_and(is_out_of_descriptors) {
+            self.out_of_descriptors = true;
+        }
+        result
+    }
+
+    fn try_spawn(&mut self, slot: usize, poller: &Poller) -> io::Result<()> {
         let (ours, theirs) = ipc::seqpacket_pair()?;
         let child_fd = theirs.as_raw_fd();
+        let watch_fd = self.watch_fd.as_ref().map(|fd| fd.as_raw_fd());
         let mut command = Command::new(&self.config.helper_path);
         command
             .arg("--root")
@@ -524,13 +622,38 @@ impl HelperPool {
                 SymlinkPolicy::Never => "never",
             })
             .arg("--socket-fd")
-            .arg("3")
+            .arg(HELPER_SOCKET_FD.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        for name in &self.config.index_names {
+            command.arg("--index").arg(name);
+        }
+        if watch_fd.is_some() {
+            command.arg("--watch-fd").arg(HELPER_WATCH_FD.to_string());
+        }
         // SAFETY: the closure runs between fork and exec and only calls
         // async-signal-safe functions (fcntl/dup2), as pre_exec requires.
+        // The socket is installed first: were the inotify descriptor number
+        // 3, moving it to 4 afterwards would not undo the socket's dup2.
         unsafe {
-            command.pre_exec(move || sys::install_fd_in_child(child_fd, 3));
+            command.pre_exec(move || {
+                // A Ctrl-C in the terminal (SIGINT to the whole foreground
+                // group) is for the server, which then stops its helpers
+                // itself. Ignored dispositions survive exec. (Not a process
+                // group of their own: that would make helpers writing to
+                // the terminal background jobs, stopped under `tostop`.)
+                sys::ignore_terminal_signals_in_child();
+                // Keep the inotify instance out of the way of fd 3 first.
+                let watch = match watch_fd {
+                    Some(fd) if fd == HELPER_SOCKET_FD => Some(sys::dup_in_child(fd)?),
+                    other => other,
+                };
+                sys::install_fd_in_child(child_fd, HELPER_SOCKET_FD)?;
+                if let Some(fd) = watch {
+                    sys::install_fd_in_child(fd, HELPER_WATCH_FD)?;
+                }
+                Ok(())
+            });
         }
         let child = command.spawn().map_err(|e| {
             io::Error::new(

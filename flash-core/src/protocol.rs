@@ -12,9 +12,10 @@
 //! Rules the types cannot express:
 //! - exactly one request is outstanding per helper; the helper answers every
 //!   request with exactly one reply carrying the request's `id`;
-//! - [`FromHelper::Resolved`] always carries the opened file as an
-//!   `SCM_RIGHTS` descriptor, [`ToHelper::Prefetch`] always carries the file to
-//!   prefetch; no other message carries a descriptor.
+//! - [`FromHelper::Resolved`] carries either the file's whole contents (small
+//!   files) or the opened file as an `SCM_RIGHTS` descriptor, never both;
+//!   [`ToHelper::Prefetch`] always carries the file to prefetch; no other
+//!   message carries a descriptor.
 use serde::{Deserialize, Serialize};
 
 pub use crate::fs::{FileMeta, FsError};
@@ -23,7 +24,7 @@ pub use crate::fs::{FileMeta, FsError};
 ///
 /// The main process kills a helper whose [`FromHelper::Hello`] announces a
 /// different version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Main process -> helper. One outstanding request per helper at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,16 +70,26 @@ pub enum FromHelper {
         /// The helper's process id (for logs and for killing it).
         pid: u32,
     },
-    /// The open regular file travels with this frame (SCM_RIGHTS).
+    /// A regular file was found: its contents, or its descriptor.
     ///
-    /// The descriptor is open read-only, close-on-exec, in blocking mode.
+    /// A file of at most [`crate::fs::INLINE_MAX`] bytes comes whole in
+    /// `contents` (exactly `meta.size` bytes, read between two `fstat`s that
+    /// agreed) and no descriptor travels. Otherwise `contents` is `None` and
+    /// the open file travels with this frame (SCM_RIGHTS): read-only,
+    /// close-on-exec, blocking mode.
     Resolved {
         /// The request's id.
         id: u64,
-        /// `fstat` of the descriptor that travels with this frame.
+        /// `fstat` of the file, taken after the watch was added.
         meta: FileMeta,
-        /// True when the request named a directory and this is its `index.html`.
-        is_index: bool,
+        /// When the request named a directory: which index name (position
+        /// in the list given to the helper) this file is.
+        index: Option<u8>,
+        /// The whole file, for small files.
+        contents: Option<Vec<u8>>,
+        /// The inotify watch (on the instance the helper inherited) that
+        /// reports changes of this file, if one could be added.
+        watch: Option<i32>,
     },
     /// A directory named without its trailing slash: answer 301 to path + "/".
     Redirect {
@@ -113,9 +124,9 @@ impl FromHelper {
     }
 
     /// Whether this message must arrive with a descriptor attached
-    /// (only `Resolved`).
+    /// (only `Resolved` without contents).
     pub fn carries_fd(&self) -> bool {
-        matches!(self, FromHelper::Resolved { .. })
+        matches!(self, FromHelper::Resolved { contents: None, .. })
     }
 }
 

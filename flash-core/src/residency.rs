@@ -88,10 +88,14 @@ impl Residency {
         if start >= end {
             return start;
         }
+        let Some(fd) = file.fd() else {
+            // Held in memory: nothing to wait for.
+            return end;
+        };
         loop {
             let answer = match file.probe.get() {
                 Probe::Mincore => self.by_mincore(file, maps, start, end),
-                Probe::NoWaitRead => self.by_nowait_read(file, start, end),
+                Probe::NoWaitRead => self.by_nowait_read(fd, start, end),
                 Probe::LoadedRecently => Ok(self.loaded.resident_until(&file.meta, start, end)),
             };
             match answer {
@@ -135,12 +139,17 @@ impl Residency {
             .max(start))
     }
 
-    fn by_nowait_read(&mut self, file: &OpenFile, start: u64, end: u64) -> io::Result<u64> {
+    fn by_nowait_read(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        start: u64,
+        end: u64,
+    ) -> io::Result<u64> {
         let want = (end - start) as usize;
         if self.nowait_scratch.len() < want {
             self.nowait_scratch.resize(WINDOW as usize, 0);
         }
-        match sys::pread_nowait(file.fd(), &mut self.nowait_scratch[..want], start) {
+        match sys::pread_nowait(fd, &mut self.nowait_scratch[..want], start) {
             Ok(n) => Ok(start + n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(start),
             Err(e) => Err(e),

@@ -10,24 +10,27 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use flash_http::DateCache;
+use flash_http::{content_type, DateCache};
 use log::{info, warn};
 use polling::{Event, Events, Poller};
 use slab::Slab;
 
-use crate::cache::{Cached, MapCache, PathCache, PathHit};
+use crate::cache::{Cached, MapCache, PathCache, PathHit, PathLimits};
 use crate::config::{Arch, Config};
 use crate::connection::{Connection, Flow, Lookup};
 use crate::file::OpenFile;
-use crate::fs::{FsError, Resolution, Resolver};
-use crate::pool::{Completion, HelperPool, JobKind, Outcome, PoolConfig, Waiter};
+use crate::fs::{self, FsError, Resolution, Resolver};
+use crate::pool::{Completion, Found, FoundFile, HelperPool, JobKind, Outcome, PoolConfig, Waiter};
 use crate::reactor;
 use crate::residency::{self, Probe, Residency};
 use crate::sys;
+use crate::watch::{self, Watches};
 
 /// Poller keys: fixed ranges per kind of source.
 const SHUTDOWN_KEY: usize = 0;
-const LISTENER_BASE: usize = 1;
+/// The inotify instance reporting changes of cached files.
+const WATCH_KEY: usize = 1;
+const LISTENER_BASE: usize = 2;
 const HELPER_BASE: usize = 64;
 const CONN_BASE: usize = 1024;
 /// How often deadlines are checked.
@@ -38,6 +41,29 @@ const ACCEPT_BATCH: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Idle connections keep their buffers this long.
 const KEEP_BUFFERS: Duration = Duration::from_secs(1);
+/// Conditions that could be logged per event (running out of descriptors)
+/// are logged at most this often.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Descriptors kept free for what the server cannot do without: stdio, the
+/// poller (3), the shutdown socket, the inotify instance, a helper's start
+/// (socketpair, exec status pipe, /dev/null), with room to spare.
+const RESERVED_DESCRIPTORS: usize = 24;
+/// Share of the remaining descriptors the path cache may keep open.
+const CACHE_DESCRIPTOR_SHARE: usize = 4;
+/// Share of `vm.max_map_count` the mapped-file cache may use, and its cap.
+const MAP_COUNT_SHARE: usize = 16;
+const MAX_MAPPINGS: usize = 4096;
+
+/// What resolving a path found (from a helper, or inline).
+pub enum Resolved {
+    File(FoundFile),
+    /// A directory named without its trailing slash.
+    Redirect,
+}
+
+fn is_out_of_descriptors(errno: i32) -> bool {
+    errno == libc::EMFILE || errno == libc::ENFILE
+}
 
 /// Where disk work happens.
 // One per server: the size difference of the variants costs nothing.
@@ -69,6 +95,8 @@ pub struct Ctx {
     pub maps: MapCache,
     /// Loop iterations so far (memoises answers within one iteration).
     pub tick: u64,
+    /// When running out of descriptors may be logged again.
+    next_shed_log: Instant,
 }
 
 impl Ctx {
@@ -98,9 +126,14 @@ impl Ctx {
                 }
                 Some(cached.into())
             }
-            (_, Backend::Inline { resolver }) => {
-                let result = resolver.resolve(path, ends_with_slash);
-                Some(self.record(Some((path, ends_with_slash)), result))
+            (_, Backend::Inline { .. }) => {
+                let mut result = self.resolve_inline(path, ends_with_slash);
+                if matches!(result, Err(FsError::Io { errno }) if is_out_of_descriptors(errno)) {
+                    // Make room and try once more.
+                    self.shed_descriptors();
+                    result = self.resolve_inline(path, ends_with_slash);
+                }
+                Some(self.record(path, ends_with_slash, result))
             }
             (PathHit::Miss, Backend::Helpers { pool, .. }) => {
                 let job = JobKind::Resolve {
@@ -115,59 +148,110 @@ impl Ctx {
         }
     }
 
+    /// SPED: what a helper does, done here (blocking on the disk by design).
+    fn resolve_inline(&mut self, path: &str, ends_with_slash: bool) -> Result<Resolved, FsError> {
+        let Backend::Inline { resolver } = &self.backend else {
+            return Err(FsError::Io {
+                errno: libc::EINVAL,
+            });
+        };
+        match resolver.resolve(path, ends_with_slash)? {
+            Resolution::Redirect => Ok(Resolved::Redirect),
+            Resolution::File { file, index, .. } => {
+                let watch = self
+                    .paths
+                    .as_ref()
+                    .and_then(PathCache::watches)
+                    .and_then(|w| watch::add_watch(w.fd(), file.as_fd()));
+                let (meta, contents) = fs::settle(file.as_fd(), fs::INLINE_MAX)?;
+                let found = match contents {
+                    Some(bytes) => Found::Contents(bytes),
+                    None => Found::Descriptor(file),
+                };
+                Ok(Resolved::File(FoundFile {
+                    found,
+                    meta,
+                    index,
+                    watch,
+                }))
+            }
+        }
+    }
+
     /// Turns a resolution into a lookup result, and records it in the path
     /// cache. A file that did not change keeps its `OpenFile` (and so its
-    /// cached head); the new descriptor is then simply closed.
+    /// cached head); the new descriptor or copy is then simply dropped.
     pub fn record(
         &mut self,
-        path: Option<(&str, bool)>,
-        result: Result<Resolution, FsError>,
+        path: &str,
+        ends_with_slash: bool,
+        result: Result<Resolved, FsError>,
     ) -> Lookup {
-        let paths = self.paths.as_mut().zip(path);
         match result {
-            Ok(Resolution::File {
-                file: fd,
+            Ok(Resolved::File(FoundFile {
+                found,
                 meta,
-                is_index,
-            }) => {
-                let file = match paths
+                index,
+                watch,
+            })) => {
+                let content_type =
+                    match index.and_then(|i| self.config.index_names.get(usize::from(i))) {
+                        Some(name) => content_type(name),
+                        None => content_type(path),
+                    };
+                let unchanged = self
+                    .paths
                     .as_ref()
-                    .and_then(|(cache, (p, s))| cache.same_file(p, *s, &meta))
-                {
-                    Some(unchanged) => unchanged,
-                    None => {
+                    .and_then(|cache| cache.same_file(path, ends_with_slash, &meta));
+                let file = match (unchanged, found) {
+                    (Some(unchanged), _) => unchanged,
+                    (None, Found::Contents(bytes)) => {
+                        Rc::new(OpenFile::in_memory(bytes.into_boxed_slice(), meta))
+                    }
+                    (None, Found::Descriptor(fd)) => {
                         let probe = match &self.backend {
                             Backend::Helpers { residency, .. } => residency.probe_for(&meta),
                             Backend::Inline { .. } => Probe::Mincore,
                         };
-                        Rc::new(OpenFile::new(fd, meta, probe))
+                        Rc::new(OpenFile::with_descriptor(fd, meta, probe))
                     }
                 };
-                if let Some((cache, (p, s))) = paths {
+                if let Some(cache) = &mut self.paths {
                     cache.insert(
-                        p,
-                        s,
+                        path,
+                        ends_with_slash,
                         Cached::File {
                             file: Rc::clone(&file),
-                            is_index,
+                            content_type,
                         },
                         self.now,
+                        watch,
                     );
                 }
-                Lookup::File { file, is_index }
+                Lookup::File { file, content_type }
             }
-            Ok(Resolution::Redirect) => {
-                if let Some((cache, (p, s))) = paths {
-                    cache.insert(p, s, Cached::Redirect, self.now);
+            Ok(Resolved::Redirect) => {
+                if let Some(cache) = &mut self.paths {
+                    cache.insert(path, ends_with_slash, Cached::Redirect, self.now, None);
                 }
                 Lookup::Redirect
             }
             Err(error) => {
-                if let Some((cache, (p, s))) = paths {
-                    cache.remove(p, s);
+                if let Some(cache) = &mut self.paths {
+                    cache.remove(path, ends_with_slash);
                 }
                 Lookup::Failed(error)
             }
+        }
+    }
+
+    /// The process ran out of descriptors: close the cached ones (they can
+    /// be opened again), logged at most once per interval.
+    pub fn shed_descriptors(&mut self) {
+        let closed = self.paths.as_mut().map_or(0, PathCache::shed_descriptors);
+        if self.now >= self.next_shed_log {
+            warn!("out of descriptors: closed {closed} cached file(s); accepting pauses briefly");
+            self.next_shed_log = self.now + LOG_INTERVAL;
         }
     }
 
@@ -198,6 +282,9 @@ impl Ctx {
         let Backend::Helpers { pool, .. } = &mut self.backend else {
             return false;
         };
+        if !file.holds_descriptor() {
+            return false;
+        }
         let start = residency::window_start(offset);
         let len = residency::WINDOW.min(file.len() - start);
         let job = JobKind::Prefetch {
@@ -215,6 +302,8 @@ pub struct Server {
     listeners: Vec<TcpListener>,
     shutdown: Option<OwnedFd>,
     next_serial: u64,
+    /// `--max-connections`, or fewer when descriptors do not allow more.
+    max_connections: usize,
     accept_paused: bool,
     accept_resume_at: Option<Instant>,
     /// Connections that used their step budget, driven again next iteration
@@ -250,47 +339,95 @@ impl Server {
         if let Some(fd) = &shutdown {
             reactor::register_level(&poller, fd.as_fd(), Event::readable(SHUTDOWN_KEY))?;
         }
+        // Descriptors: a reserve for what the server cannot do without, a
+        // share of the rest for the path cache, the remainder for clients.
+        let helpers = match config.arch {
+            Arch::Amped => config.helpers,
+            Arch::Sped => 0,
+        };
+        let reserve = RESERVED_DESCRIPTORS + listeners.len() + 2 * helpers;
+        let usable = sys::descriptor_limit().saturating_sub(reserve).max(2);
+        let cache_descriptors = (usable / CACHE_DESCRIPTOR_SHARE).min(config.path_cache_entries);
+        let max_connections = config
+            .max_connections
+            .min(usable - cache_descriptors)
+            .max(1);
+        if max_connections < config.max_connections {
+            info!(
+                "descriptor limit {}: serving at most {max_connections} connections at once",
+                sys::descriptor_limit()
+            );
+        }
+        let max_mappings = (sys::max_map_count() / MAP_COUNT_SHARE).clamp(16, MAX_MAPPINGS);
+
+        let paths = (config.path_cache_entries > 0).then(|| {
+            let watches = Watches::new()
+                .inspect_err(|e| {
+                    warn!("no change notification (inotify: {e}); relying on --path-cache-ttl")
+                })
+                .ok();
+            PathCache::new(
+                PathLimits {
+                    entries: config.path_cache_entries,
+                    descriptors: cache_descriptors,
+                    memory: config.map_cache_bytes,
+                },
+                config.path_freshness,
+                watches,
+            )
+        });
+        if let Some(watches) = paths.as_ref().and_then(PathCache::watches) {
+            reactor::register_level(&poller, watches.fd(), Event::readable(WATCH_KEY))?;
+        }
         let backend = match config.arch {
             Arch::Sped => Backend::Inline {
-                resolver: Resolver::open(&config.root, config.symlinks)?,
+                resolver: Resolver::open(&config.root, config.symlinks)?
+                    .with_index_names(config.index_names.clone()),
             },
             Arch::Amped => {
                 let pool_config = PoolConfig {
                     helper_path: config.helper_path.clone(),
                     root: config.root.clone(),
                     symlinks: config.symlinks,
+                    index_names: config.index_names.clone(),
                     helpers: config.helpers,
                     max_queue: config.helper_queue,
                     timeout: config.helper_timeout,
                 };
-                let pool = HelperPool::start(pool_config, &poller, HELPER_BASE)?;
+                let watch_fd = paths
+                    .as_ref()
+                    .and_then(PathCache::watches)
+                    .map(|w| w.fd().try_clone_to_owned())
+                    .transpose()?;
+                let pool = HelperPool::start(pool_config, &poller, HELPER_BASE, watch_fd)?;
                 Backend::Helpers {
                     pool,
                     residency: Residency::new(config.residency_budget),
                 }
             }
         };
-        let paths = (config.path_cache_entries > 0)
-            .then(|| PathCache::new(config.path_cache_entries, config.path_freshness));
         let map_cache_bytes = config.map_cache_bytes;
+        let now = Instant::now();
         Ok(Server {
             conns: Slab::with_capacity(1024),
             ctx: Ctx {
                 config,
                 poller,
                 date: DateCache::new(),
-                now: Instant::now(),
+                now,
                 wall: SystemTime::now(),
                 backend,
                 done: Vec::new(),
                 shutting_down: false,
                 paths,
-                maps: MapCache::new(map_cache_bytes),
+                maps: MapCache::new(map_cache_bytes, max_mappings),
                 tick: 0,
+                next_shed_log: now,
             },
             listeners,
             shutdown,
             next_serial: 0,
+            max_connections,
             accept_paused: false,
             accept_resume_at: None,
             yielded: Vec::new(),
@@ -314,8 +451,12 @@ impl Server {
         let mut stop_at: Option<Instant> = None;
         loop {
             if let Some(stop_at) = stop_at {
-                if self.conns.is_empty() || self.ctx.now >= stop_at {
-                    info!("shut down with {} connection(s) left", self.conns.len());
+                // A lingering connection owes nothing: its response is
+                // complete and its FIN sent; waiting out its linger would
+                // only delay the exit.
+                let owing = self.conns.iter().filter(|(_, c)| !c.is_lingering()).count();
+                if owing == 0 || self.ctx.now >= stop_at {
+                    info!("shut down with {owing} response(s) unfinished");
                     break;
                 }
             }
@@ -337,8 +478,16 @@ impl Server {
             self.ctx.now = Instant::now();
             self.ctx.wall = SystemTime::now();
             self.ctx.tick += 1;
+            // Changes first: no request in this batch may be answered from
+            // an entry the kernel already reported stale.
+            if events.iter().any(|e| e.key == WATCH_KEY) {
+                if let Some(paths) = &mut self.ctx.paths {
+                    paths.apply_changes();
+                }
+            }
             for event in events.iter() {
                 match event.key {
+                    WATCH_KEY => {}
                     SHUTDOWN_KEY => {
                         if stop_at.is_none() {
                             stop_at = Some(self.ctx.now + self.ctx.config.shutdown_timeout);
@@ -362,6 +511,11 @@ impl Server {
             }
             self.deliver_completions();
             self.drive_yielded();
+            if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {
+                if pool.take_out_of_descriptors() {
+                    self.ctx.shed_descriptors();
+                }
+            }
             if self.ctx.now >= next_sweep {
                 self.sweep();
                 next_sweep = self.ctx.now + SWEEP_EVERY;
@@ -413,7 +567,7 @@ impl Server {
 
     fn accept(&mut self, listener: usize) {
         for _ in 0..ACCEPT_BATCH {
-            if self.conns.len() >= self.ctx.config.max_connections {
+            if self.conns.len() >= self.max_connections {
                 self.pause_accept(None);
                 return;
             }
@@ -424,7 +578,12 @@ impl Server {
                 Ok(fd) => self.add_connection(fd),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    Some(libc::EMFILE | libc::ENFILE) => {
+                        self.ctx.shed_descriptors();
+                        self.pause_accept(Some(self.ctx.now + ACCEPT_BACKOFF));
+                        return;
+                    }
+                    Some(libc::ENOBUFS | libc::ENOMEM) => {
                         warn!("accept: {e}; pausing accepts");
                         self.pause_accept(Some(self.ctx.now + ACCEPT_BACKOFF));
                         return;
@@ -465,7 +624,7 @@ impl Server {
     fn maybe_resume_accept(&mut self) {
         if !self.accept_paused
             || self.ctx.shutting_down
-            || self.conns.len() >= self.ctx.config.max_connections
+            || self.conns.len() >= self.max_connections
             || self.accept_resume_at.is_some_and(|t| self.ctx.now < t)
         {
             return;
@@ -504,18 +663,14 @@ impl Server {
             path,
         } = completion;
         let path = path.as_ref().map(|(p, s)| (p.as_str(), *s));
-        let found = match outcome {
-            Outcome::Resolved { fd, meta, is_index } => self.ctx.record(
-                path,
-                Ok(Resolution::File {
-                    file: fd,
-                    meta,
-                    is_index,
-                }),
-            ),
-            Outcome::Redirect => self.ctx.record(path, Ok(Resolution::Redirect)),
-            Outcome::Failed(error) if path.is_some() => self.ctx.record(path, Err(error)),
-            Outcome::Failed(_) | Outcome::Unavailable => {
+        let found = match (outcome, path) {
+            (Outcome::Resolved(file), Some((p, s))) => {
+                self.ctx.record(p, s, Ok(Resolved::File(file)))
+            }
+            (Outcome::Redirect, Some((p, s))) => self.ctx.record(p, s, Ok(Resolved::Redirect)),
+            (Outcome::Failed(error), Some((p, s))) => self.ctx.record(p, s, Err(error)),
+            (Outcome::Resolved(_) | Outcome::Redirect, None) => Lookup::Unavailable,
+            (Outcome::Failed(_) | Outcome::Unavailable, _) => {
                 if let (Some(paths), Some((p, s))) = (&mut self.ctx.paths, path) {
                     paths.revalidation_failed(p, s);
                 }
@@ -528,7 +683,7 @@ impl Server {
                 }
                 return;
             }
-            Outcome::Prefetched { file, offset, len } => {
+            (Outcome::Prefetched { file, offset, len }, _) => {
                 if let Backend::Helpers { residency, .. } = &mut self.ctx.backend {
                     residency.note_loaded(&file.meta, offset, offset + len);
                 }
@@ -580,6 +735,9 @@ impl Server {
                 Flow::Close => self.close(idx),
                 Flow::Keep | Flow::Yield => self.drive(idx),
             }
+        }
+        if let Some(paths) = &mut self.ctx.paths {
+            paths.expire(now);
         }
         if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {
             pool.sweep(now, &self.ctx.poller, &mut self.ctx.done);

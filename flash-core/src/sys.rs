@@ -49,38 +49,29 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], more: bool) -> io::Result<usize>
     cvt_size(unsafe { libc::send(sock.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), flags) })
 }
 
-/// `writev` of up to two buffers. `body` may point into a file mapping: the
-/// kernel copies it (a truncated file yields EFAULT here, never SIGBUS).
-pub fn writev2(sock: BorrowedFd<'_>, head: &[u8], body: RawRegion) -> io::Result<usize> {
+/// `writev` of a response head and a body held in memory.
+pub fn writev2(sock: BorrowedFd<'_>, head: &[u8], body: &[u8]) -> io::Result<usize> {
     let iov = [
         libc::iovec {
             iov_base: head.as_ptr() as *mut libc::c_void,
             iov_len: head.len(),
         },
         libc::iovec {
-            iov_base: body.ptr as *mut libc::c_void,
-            iov_len: body.len,
+            iov_base: body.as_ptr() as *mut libc::c_void,
+            iov_len: body.len(),
         },
     ];
-    let count = if body.len == 0 { 1 } else { 2 };
-    // SAFETY: `head` is a live slice; `body` describes a live mapping (see
-    // RawRegion), which the kernel reads with fault handling.
+    let count = if body.is_empty() { 1 } else { 2 };
+    // SAFETY: both buffers are live slices; the kernel only reads them.
     cvt_size(unsafe { libc::writev(sock.as_raw_fd(), iov.as_ptr(), count) })
 }
 
 /// A region of mapped file memory that user code must never read: only its
-/// address goes to the kernel (`writev`, `mincore`).
+/// address goes to the kernel (`mincore`).
 #[derive(Clone, Copy, Debug)]
 pub struct RawRegion {
     pub ptr: *const u8,
     pub len: usize,
-}
-
-impl RawRegion {
-    pub const EMPTY: RawRegion = RawRegion {
-        ptr: std::ptr::null(),
-        len: 0,
-    };
 }
 
 /// `sendfile` from `file` at `*offset`, advancing it.
@@ -186,6 +177,23 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Ignores SIGINT and SIGQUIT, in a child between fork and exec (the
+/// disposition survives exec). Async-signal-safe.
+pub fn ignore_terminal_signals_in_child() {
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: signal(2) is async-signal-safe; SIG_IGN runs no code.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
+/// A close-on-exec duplicate of `fd` numbered 10 or above, in a child
+/// between fork and exec (to move a descriptor out of the way of a fixed
+/// number). Async-signal-safe.
+pub fn dup_in_child(fd: RawFd) -> io::Result<RawFd> {
+    // SAFETY: fcntl is async-signal-safe and has no memory preconditions.
+    cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) })
+}
+
 /// Makes `fd` the descriptor number `target` in a child between fork and
 /// exec, without close-on-exec. Only async-signal-safe calls.
 pub fn install_fd_in_child(fd: RawFd, target: RawFd) -> io::Result<()> {
@@ -204,4 +212,26 @@ pub fn install_fd_in_child(fd: RawFd, target: RawFd) -> io::Result<()> {
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and has no preconditions.
     unsafe { libc::geteuid() }
+}
+
+/// The soft limit on open descriptors (`RLIMIT_NOFILE`).
+pub fn descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// The most mappings a process may have (`vm.max_map_count`), read once at
+/// start; the kernel's default when unreadable.
+pub fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65_530)
 }

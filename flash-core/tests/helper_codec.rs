@@ -53,7 +53,16 @@ fn from_helper() -> Vec<FromHelper> {
         FromHelper::Resolved {
             id: 1,
             meta: meta(),
-            is_index: true,
+            index: Some(1),
+            contents: None,
+            watch: Some(7),
+        },
+        FromHelper::Resolved {
+            id: 5,
+            meta: FileMeta { size: 3, ..meta() },
+            index: None,
+            contents: Some(b"abc".to_vec()),
+            watch: None,
         },
         FromHelper::Resolved {
             id: 2,
@@ -62,7 +71,9 @@ fn from_helper() -> Vec<FromHelper> {
                 mtime_secs: 0,
                 ..meta()
             },
-            is_index: false,
+            index: None,
+            contents: None,
+            watch: None,
         },
         FromHelper::Redirect { id: 3 },
         FromHelper::Prefetched { id: 4 },
@@ -124,7 +135,9 @@ fn id_accessors() {
         FromHelper::Resolved {
             id: 11,
             meta: meta(),
-            is_index: false
+            index: None,
+            contents: None,
+            watch: None,
         }
         .id(),
         Some(11)
@@ -133,9 +146,22 @@ fn id_accessors() {
     assert!(FromHelper::Resolved {
         id: 11,
         meta: meta(),
-        is_index: false
+        index: None,
+        contents: None,
+        watch: None,
     }
     .carries_fd());
+    assert!(
+        !FromHelper::Resolved {
+            id: 11,
+            meta: meta(),
+            index: None,
+            contents: Some(Vec::new()),
+            watch: None,
+        }
+        .carries_fd(),
+        "a file sent whole travels without its descriptor"
+    );
     assert!(!FromHelper::Redirect { id: 9 }.carries_fd());
     assert_eq!(
         ToHelper::Prefetch {
@@ -161,7 +187,9 @@ fn short_frames_are_bad_length() {
     let f = frame(&FromHelper::Resolved {
         id: 1,
         meta: meta(),
-        is_index: true,
+        index: Some(0),
+        contents: Some(b"xyz".to_vec()),
+        watch: Some(3),
     });
     for cut in 0..f.len() {
         assert_eq!(
@@ -302,7 +330,7 @@ proptest! {
 
     #[test]
     fn flipping_a_byte_never_panics(pos in 0usize..64, bit in 0u8..8) {
-        let mut f = frame(&FromHelper::Resolved { id: 77, meta: meta(), is_index: true });
+        let mut f = frame(&FromHelper::Resolved { id: 77, meta: meta(), index: Some(0), contents: None, watch: None });
         let pos = pos % f.len();
         f[pos] ^= 1 << bit;
         let _ = decode::<FromHelper>(&f);

@@ -70,7 +70,7 @@ fn contents(fd: OwnedFd) -> String {
 /// Resolves and returns (contents, is_index) of a file result.
 fn file_of(r: &Resolver, path: &str, slash: bool) -> (String, bool) {
     match r.resolve(path, slash) {
-        Ok(Resolution::File { file, is_index, .. }) => (contents(file), is_index),
+        Ok(Resolution::File { file, index, .. }) => (contents(file), index.is_some()),
         other => panic!("{path:?} (slash {slash}): expected a file, got {other:?}"),
     }
 }
@@ -86,15 +86,10 @@ fn err(r: &Resolver, path: &str, slash: bool) -> FsError {
 fn regular_file_with_meta() {
     let t = Tree::new();
     let r = t.resolver(SymlinkPolicy::WithinRoot);
-    let Ok(Resolution::File {
-        file,
-        meta,
-        is_index,
-    }) = r.resolve("a.txt", false)
-    else {
+    let Ok(Resolution::File { file, meta, index }) = r.resolve("a.txt", false) else {
         panic!("a.txt not resolved");
     };
-    assert!(!is_index);
+    assert_eq!(index, None);
     let std_meta = fs::metadata(t.root().join("a.txt")).unwrap();
     assert_eq!(meta.size, 5);
     assert_eq!(meta.ino, std_meta.ino());

@@ -51,6 +51,16 @@ struct Cli {
     /// Debug mode: read commands (resolve, prefetch, help, quit) from stdin.
     #[arg(long)]
     text: bool,
+
+    /// Directory index names, tried in order (repeatable)
+    /// [default: index.html, index.htm].
+    #[arg(long = "index", value_name = "NAME")]
+    index: Vec<String>,
+
+    /// Protocol mode: an inherited inotify instance to add a change watch
+    /// to for every file resolved (the main process reads the events).
+    #[arg(long, value_name = "N", requires = "socket_fd")]
+    watch_fd: Option<i32>,
 }
 
 /// `--symlinks` values.
@@ -93,10 +103,18 @@ fn main() -> ExitCode {
             )
             .exit();
     };
-    let policy = cli.symlinks.into();
+    let options = serve::Options {
+        policy: cli.symlinks.into(),
+        index_names: if cli.index.is_empty() {
+            flash_core::DEFAULT_INDEX_NAMES.map(String::from).to_vec()
+        } else {
+            cli.index
+        },
+        watch_fd: cli.watch_fd,
+    };
     let result = match cli.socket_fd {
-        Some(fd) => serve::run(&root, policy, fd),
-        None => text::run(&root, policy),
+        Some(fd) => serve::run(&root, options, fd),
+        None => text::run(&root, options.policy, options.index_names),
     };
     match result {
         Ok(code) => code,

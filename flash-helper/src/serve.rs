@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use flash_core::codec::{self, MAX_WIRE_LEN};
 use flash_core::fs::{self, FsError, Resolution, Resolver, SymlinkPolicy};
 use flash_core::protocol::{FromHelper, ToHelper, PROTOCOL_VERSION};
+use flash_core::watch::add_watch;
 use flash_core::{ipc, sys};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -23,11 +24,21 @@ enum End {
     Violation(String),
 }
 
+/// How to serve, from the command line.
+pub struct Options {
+    pub policy: SymlinkPolicy,
+    pub index_names: Vec<String>,
+    /// Inherited inotify instance to add change watches to.
+    pub watch_fd: Option<RawFd>,
+}
+
 /// Runs protocol mode on descriptor `socket_fd`; see the crate docs for the
 /// exit statuses.
-pub fn run(root: &Path, policy: SymlinkPolicy, socket_fd: RawFd) -> anyhow::Result<ExitCode> {
+pub fn run(root: &Path, options: Options, socket_fd: RawFd) -> anyhow::Result<ExitCode> {
     set_parent_death_signal()?;
+    ignore_terminal_signals();
     let sock = adopt_socket(socket_fd)?;
+    let watch = options.watch_fd.map(adopt_watch_fd).transpose()?;
     // PR_SET_PDEATHSIG only covers a parent that dies from now on. The main
     // process holds the other end of our socket, so if it is already gone the
     // socket shows a hang-up: leave quietly, as for a hang-up later on.
@@ -35,8 +46,9 @@ pub fn run(root: &Path, policy: SymlinkPolicy, socket_fd: RawFd) -> anyhow::Resu
         return Ok(ExitCode::SUCCESS);
     }
     sys::set_nonblocking(sock.as_fd(), false).context("making the socket blocking")?;
-    let resolver = Resolver::open(root, policy)
-        .with_context(|| format!("cannot open document root {}", root.display()))?;
+    let resolver = Resolver::open(root, options.policy)
+        .with_context(|| format!("cannot open document root {}", root.display()))?
+        .with_index_names(options.index_names);
 
     let hello = FromHelper::Hello {
         version: PROTOCOL_VERSION,
@@ -45,7 +57,7 @@ pub fn run(root: &Path, policy: SymlinkPolicy, socket_fd: RawFd) -> anyhow::Resu
     if !reply(sock.as_fd(), &hello, None)? {
         return Ok(ExitCode::SUCCESS);
     }
-    match serve(sock.as_fd(), &resolver)? {
+    match serve(sock.as_fd(), &resolver, watch.as_ref().map(AsFd::as_fd))? {
         End::HangUp => Ok(ExitCode::SUCCESS),
         End::Violation(why) => {
             eprintln!("flash-helper: protocol violation: {why}");
@@ -55,7 +67,11 @@ pub fn run(root: &Path, policy: SymlinkPolicy, socket_fd: RawFd) -> anyhow::Resu
 }
 
 /// The request loop.
-fn serve(sock: BorrowedFd<'_>, resolver: &Resolver) -> anyhow::Result<End> {
+fn serve(
+    sock: BorrowedFd<'_>,
+    resolver: &Resolver,
+    inotify: Option<BorrowedFd<'_>>,
+) -> anyhow::Result<End> {
     let mut buf = vec![0u8; MAX_WIRE_LEN];
     loop {
         let (n, fd) = match ipc::recv_message(sock, &mut buf) {
@@ -87,15 +103,26 @@ fn serve(sock: BorrowedFd<'_>, resolver: &Resolver) -> anyhow::Result<End> {
                     )));
                 }
                 match resolver.resolve(&path, ends_with_slash) {
-                    Ok(Resolution::File {
-                        file,
-                        meta,
-                        is_index,
-                    }) => reply(
-                        sock,
-                        &FromHelper::Resolved { id, meta, is_index },
-                        Some(file.as_fd()),
-                    )?,
+                    Ok(Resolution::File { file, index, .. }) => {
+                        // Watch first, then take the metadata (and small
+                        // contents) the main process will trust: any later
+                        // change is reported.
+                        let watch = inotify.and_then(|i| add_watch(i, file.as_fd()));
+                        match fs::settle(file.as_fd(), fs::INLINE_MAX) {
+                            Ok((meta, contents)) => {
+                                let fd = contents.is_none().then(|| file.as_fd());
+                                let msg = FromHelper::Resolved {
+                                    id,
+                                    meta,
+                                    index,
+                                    contents,
+                                    watch,
+                                };
+                                reply(sock, &msg, fd)?
+                            }
+                            Err(error) => reply(sock, &FromHelper::Failed { id, error }, None)?,
+                        }
+                    }
                     Ok(Resolution::Redirect) => reply(sock, &FromHelper::Redirect { id }, None)?,
                     Err(error) => reply(sock, &FromHelper::Failed { id, error }, None)?,
                 }
@@ -141,6 +168,27 @@ fn is_hang_up(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
     )
+}
+
+/// Ignores the signals a terminal sends to its foreground process group
+/// (Ctrl-C, Ctrl-\): the server stops its helpers itself. (Helpers also run
+/// in their own process group; this covers a helper started by hand.)
+fn ignore_terminal_signals() {
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: SIG_IGN is a valid disposition; no handler code runs.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
+/// Takes ownership of the inherited inotify descriptor, close-on-exec.
+fn adopt_watch_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
+    // SAFETY: F_SETFD touches no memory; a closed number yields EBADF.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("--watch-fd {fd}"));
+    }
+    // SAFETY: the descriptor is open (checked above) and was passed to this
+    // process for this use alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Asks the kernel to SIGKILL us when our parent dies, so a crashed

@@ -22,9 +22,14 @@ commands:
   quit                         leave (end of input works too)";
 
 /// Runs text mode until `quit` or end of input.
-pub fn run(root: &Path, policy: SymlinkPolicy) -> anyhow::Result<ExitCode> {
+pub fn run(
+    root: &Path,
+    policy: SymlinkPolicy,
+    index_names: Vec<String>,
+) -> anyhow::Result<ExitCode> {
     let resolver = Resolver::open(root, policy)
-        .map_err(|e| anyhow::anyhow!("cannot open document root {}: {e}", root.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot open document root {}: {e}", root.display()))?
+        .with_index_names(index_names);
     // SAFETY: isatty only inspects descriptor 0.
     let interactive = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
     let stdin = io::stdin();
@@ -78,18 +83,14 @@ fn resolve(resolver: &Resolver, raw: &str) -> Result<(OwnedFd, String), String> 
     let result = resolver.resolve(&path, ends_with_slash);
     let took = ms(start);
     match result {
-        Ok(Resolution::File {
-            file,
-            meta,
-            is_index,
-        }) => {
+        Ok(Resolution::File { file, meta, index }) => {
             let line = format!(
                 "file {raw} size={} mtime={} ino={} dev={} index={} ({took} ms)",
                 meta.size,
                 rfc3339(&meta),
                 meta.ino,
                 meta.dev,
-                if is_index { "yes" } else { "no" },
+                if index.is_some() { "yes" } else { "no" },
             );
             Ok((file, line))
         }

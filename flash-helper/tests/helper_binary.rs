@@ -342,7 +342,8 @@ fn protocol_hello_resolve_prefetch_hang_up() {
     let (msg, fd) = h.resolve(1, "a.txt", false);
     let FromHelper::Resolved {
         meta,
-        is_index: false,
+        index: None,
+        contents: Some(contents),
         ..
     } = msg
     else {
@@ -350,8 +351,28 @@ fn protocol_hello_resolve_prefetch_hang_up() {
     };
     assert_eq!(meta.size, 5);
     assert_eq!(meta.mtime_secs, MTIME as i64);
-    let fd = fd.expect("Resolved carries the file");
-    assert_eq!(read_all(fd), b"hello");
+    assert!(
+        fd.is_none(),
+        "a small file travels whole, without its descriptor"
+    );
+    assert_eq!(contents, b"hello");
+
+    // A file larger than INLINE_MAX travels as a descriptor.
+    let big = vec![b'x'; flash_core::fs::INLINE_MAX as usize + 1];
+    std::fs::write(root.join("over-inline.bin"), &big).unwrap();
+    let (msg, fd) = h.resolve(5, "over-inline.bin", false);
+    assert!(
+        matches!(
+            msg,
+            FromHelper::Resolved {
+                id: 5,
+                contents: None,
+                ..
+            }
+        ),
+        "{msg:?}"
+    );
+    assert_eq!(read_all(fd.expect("Resolved carries the file")), big);
 
     let (msg, fd) = h.resolve(2, "docs", false);
     assert_eq!((msg, fd.is_none()), (FromHelper::Redirect { id: 2 }, true));
@@ -361,13 +382,14 @@ fn protocol_hello_resolve_prefetch_hang_up() {
             msg,
             FromHelper::Resolved {
                 id: 3,
-                is_index: true,
+                index: Some(0),
+                ref contents,
                 ..
-            }
+            } if contents.as_deref() == Some(b"<h1>docs</h1>")
         ),
         "{msg:?}"
     );
-    assert_eq!(read_all(fd.unwrap()), b"<h1>docs</h1>");
+    assert!(fd.is_none());
     let (msg, fd) = h.resolve(4, "nope", false);
     assert_eq!(
         (msg, fd.is_none()),
@@ -404,8 +426,11 @@ fn protocol_hello_resolve_prefetch_hang_up() {
         }
     );
     let (msg, fd) = h.resolve(8, "link_in", false);
-    assert!(matches!(msg, FromHelper::Resolved { id: 8, .. }), "{msg:?}");
-    assert_eq!(read_all(fd.unwrap()), b"hello");
+    assert!(
+        matches!(msg, FromHelper::Resolved { id: 8, ref contents, .. } if contents.as_deref() == Some(b"hello")),
+        "{msg:?}"
+    );
+    assert!(fd.is_none());
 
     let big = File::open(root.join("big.bin")).unwrap();
     let (msg, fd) = h.ask(

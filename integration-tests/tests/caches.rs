@@ -79,14 +79,16 @@ fn changed_and_deleted_files_are_noticed_within_the_ttl() {
 
 #[test]
 fn within_the_ttl_the_path_cache_answers() {
-    // Proof that the cache is in use: with a long TTL, a replaced file keeps
-    // being served from the descriptor the cache holds.
+    // Proof that the cache is in use: with a long TTL, a change the kernel
+    // does not report for the cached file itself (its directory renamed
+    // away and a new one put in its place) is not seen.
     let root = TempDir::new("cache-used");
-    root.write("a.txt", "cached");
+    root.write("d/a.txt", "cached");
     let server = Server::start(root.path(), &["--path-cache-ttl", "1h"]);
-    assert_eq!(get(&server, "/a.txt").body, b"cached");
-    std::fs::remove_file(root.path().join("a.txt")).unwrap();
-    assert_eq!(get(&server, "/a.txt").body, b"cached");
+    assert_eq!(get(&server, "/d/a.txt").body, b"cached");
+    std::fs::rename(root.path().join("d"), root.path().join("old")).unwrap();
+    root.write("d/a.txt", "new");
+    assert_eq!(get(&server, "/d/a.txt").body, b"cached");
 }
 
 #[test]

@@ -161,7 +161,8 @@ fn content_type_by_extension() {
     for (name, _) in cases {
         root.write(name, name);
     }
-    let server = Server::start(root.path(), &[]);
+    // Hidden files are refused by default; allowed here to check their type.
+    let server = Server::start(root.path(), &["--hidden", "allow"]);
     for (name, want) in cases {
         let resp = get(&server, &format!("/{name}"));
         assert_eq!(resp.status, 200, "{name}: {resp:?}");

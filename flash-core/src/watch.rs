@@ -1,0 +1,201 @@
+//! Change notification for cached files, through inotify.
+//!
+//! The path cache trusts an entry for a while (the freshness interval); a
+//! file rewritten, truncated, `chmod`ed, deleted or renamed over within that
+//! time would be served as it was. The kernel can tell at once: whoever opens
+//! a file for the cache (a helper, or the main process in SPED) adds an
+//! inotify watch on the open file, to the main process's inotify instance
+//! (helpers inherit its descriptor), *before* reading the file's metadata
+//! for the last time (see [`crate::fs::settle`]), so no change after that
+//! read goes unnoticed. The main loop reads the events as ordinary I/O and
+//! drops the entries of every changed file before it serves another request.
+//!
+//! Watch descriptors are shared: a second watch on the same inode returns
+//! the first one's number. The path cache counts the entries relying on each
+//! and removes a watch when none does. A reply may carry the number of a
+//! watch the main process removed meanwhile (the helper added it just
+//! before); the kernel numbers new watches in increasing order, so any
+//! number not above the highest removed one, and not in use, may be dead,
+//! and such an entry is not cached (see [`Watches::may_be_dead`]).
+//!
+//! What the kernel does not report (a directory renamed above a cached file,
+//! network file systems changed by another host) is caught by the freshness
+//! interval, as before.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// Events that make a cached file stale: its bytes or size changed
+/// (`IN_MODIFY`, also truncation), its permissions or link count changed
+/// (`IN_ATTRIB`: `chmod`, unlink, renamed over), it was deleted or moved.
+pub const WATCH_MASK: u32 =
+    libc::IN_MODIFY | libc::IN_ATTRIB | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
+
+/// Adds a watch on the open file `file` to the instance `inotify`, through
+/// `/proc/self/fd` so it is the inode that was opened, not whatever the path
+/// names now. `None` when it cannot be watched (no /proc, the watch limit):
+/// the freshness interval then covers the entry alone.
+pub fn add_watch(inotify: BorrowedFd<'_>, file: BorrowedFd<'_>) -> Option<i32> {
+    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; the
+    // kernel only reads it.
+    let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), WATCH_MASK) };
+    (wd >= 0).then_some(wd)
+}
+
+/// What a batch of events says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The file(s) behind this watch changed.
+    Watch(i32),
+    /// Events were lost (queue overflow): anything may have changed.
+    Unknown,
+}
+
+/// The main process's inotify instance and the watches in use.
+pub struct Watches {
+    inotify: OwnedFd,
+    /// Watch descriptor -> number of cache entries relying on it.
+    in_use: HashMap<i32, u32>,
+    /// Highest watch descriptor removed so far (by us or by the kernel).
+    highest_removed: i32,
+    buf: Box<[u8]>,
+}
+
+/// Size of `struct inotify_event` without its name.
+const EVENT_HEADER: usize = 16;
+
+impl Watches {
+    /// A new, non-blocking, close-on-exec inotify instance.
+    pub fn new() -> io::Result<Watches> {
+        // SAFETY: inotify_init1 takes flags only.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Watches {
+            // SAFETY: a new descriptor owned by nobody else.
+            inotify: unsafe { OwnedFd::from_raw_fd(fd) },
+            in_use: HashMap::new(),
+            highest_removed: 0,
+            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+        })
+    }
+
+    /// The instance, to poll it, to add watches to it, or to hand to helpers.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+
+    /// Whether `wd` may name a watch that was removed since it was added:
+    /// then what it guards cannot be trusted to be reported.
+    pub fn may_be_dead(&self, wd: i32) -> bool {
+        !self.in_use.contains_key(&wd) && wd <= self.highest_removed
+    }
+
+    /// One more cache entry relies on `wd`.
+    pub fn hold(&mut self, wd: i32) {
+        *self.in_use.entry(wd).or_insert(0) += 1;
+    }
+
+    /// One cache entry less relies on `wd`; the watch is removed when none does.
+    pub fn release(&mut self, wd: i32) {
+        let Some(count) = self.in_use.get_mut(&wd) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.in_use.remove(&wd);
+            self.highest_removed = self.highest_removed.max(wd);
+            // SAFETY: plain integers. EINVAL (the kernel removed it already) is harmless.
+            unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), wd) };
+        }
+    }
+
+    /// Number of watches in use.
+    pub fn len(&self) -> usize {
+        self.in_use.len()
+    }
+
+    /// Whether no watch is in use.
+    pub fn is_empty(&self) -> bool {
+        self.in_use.is_empty()
+    }
+
+    /// Reads every pending event (without blocking) into `changes`.
+    pub fn read_changes(&mut self, changes: &mut Vec<Change>) {
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe {
+                libc::read(
+                    self.inotify.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                )
+            };
+            if n <= 0 {
+                // EAGAIN: drained. EINTR: the next loop iteration reads on
+                // (the descriptor is level-triggered).
+                return;
+            }
+            let mut at = 0;
+            let n = n as usize;
+            while at + EVENT_HEADER <= n {
+                let field = |i: usize| {
+                    let b = &self.buf[at + i..at + i + 4];
+                    [b[0], b[1], b[2], b[3]]
+                };
+                let wd = i32::from_ne_bytes(field(0));
+                let mask = u32::from_ne_bytes(field(4));
+                let name_len = u32::from_ne_bytes(field(12)) as usize;
+                at += EVENT_HEADER + name_len;
+                if mask & libc::IN_Q_OVERFLOW != 0 {
+                    changes.push(Change::Unknown);
+                } else if mask & libc::IN_IGNORED != 0 {
+                    // The kernel dropped the watch (file deleted, file system
+                    // unmounted), or we removed it.
+                    if self.in_use.remove(&wd).is_some() {
+                        self.highest_removed = self.highest_removed.max(wd);
+                        changes.push(Change::Watch(wd));
+                    }
+                } else if self.in_use.contains_key(&wd) {
+                    changes.push(Change::Watch(wd));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_write_to_a_watched_file_is_reported_and_removal_is_tracked() {
+        let mut watches = Watches::new().unwrap();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let opened = std::fs::File::open(file.path()).unwrap();
+        let wd = add_watch(watches.fd(), opened.as_fd()).expect("watchable");
+        watches.hold(wd);
+        assert_eq!(
+            add_watch(watches.fd(), opened.as_fd()),
+            Some(wd),
+            "one watch per inode"
+        );
+        let mut changes = Vec::new();
+        watches.read_changes(&mut changes);
+        assert!(changes.is_empty(), "nothing happened yet: {changes:?}");
+        file.write_all(b"x").unwrap();
+        watches.read_changes(&mut changes);
+        assert!(changes.contains(&Change::Watch(wd)), "{changes:?}");
+        assert!(!watches.may_be_dead(wd));
+        watches.release(wd);
+        assert!(watches.may_be_dead(wd), "removed, and not re-added");
+        let again = add_watch(watches.fd(), opened.as_fd()).unwrap();
+        assert!(again > wd, "new watches get higher numbers");
+        assert!(!watches.may_be_dead(again));
+    }
+}
