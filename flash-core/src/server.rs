@@ -52,7 +52,7 @@ const RESERVED_DESCRIPTORS: usize = 24;
 const CACHE_DESCRIPTOR_SHARE: usize = 4;
 /// Share of `vm.max_map_count` the mapped-file cache may use, and its cap.
 const MAP_COUNT_SHARE: usize = 16;
-const MAX_MAPPINGS: usize = 4096;
+const MAX_MAPPINGS: usize = 1024;
 
 /// What resolving a path found (from a helper, or inline).
 pub enum Resolved {
