@@ -179,13 +179,27 @@ impl PathCache {
         now: Instant,
         watch: Option<i32>,
     ) {
-        let watch_may_be_dead =
-            watch.is_some_and(|wd| self.watches.as_ref().is_some_and(|w| w.may_be_dead(wd)));
         let too_big = value.file().is_some_and(|f| {
             f.memory_cost() > self.limits.memory
                 || (f.holds_descriptor() && self.limits.descriptors == 0)
         });
-        if watch_may_be_dead || too_big {
+        // Take hold of the watch first: the entry this one replaces may
+        // hold the same watch, and must not remove it.
+        let mut refused = too_big;
+        let watch = match (watch, &mut self.watches) {
+            (Some(wd), Some(watches)) if too_big => {
+                watches.discard(wd);
+                None
+            }
+            (Some(wd), Some(watches)) => {
+                let adopted = watches.adopt(wd);
+                refused |= !adopted;
+                adopted.then_some(wd)
+            }
+            _ => None,
+        };
+        if refused {
+            // Served, but not cached: too big, or possibly stale already.
             self.remove(path, ends_with_slash);
             return;
         }
@@ -330,7 +344,7 @@ impl PathCache {
         self.free.push(i);
     }
 
-    /// Counts slot `i`'s value and watch.
+    /// Counts slot `i`'s value and watch (the watch is held already).
     fn attach(&mut self, i: usize) {
         let slot = &self.slots[i];
         if let Some(file) = slot.value.as_ref().and_then(Cached::file) {
@@ -338,10 +352,8 @@ impl PathCache {
             self.memory += file.memory_cost();
         }
         if let Some(wd) = slot.watch {
+            // Held already (`Watches::adopt` in `insert`).
             self.by_watch.entry(wd).or_default().push(i);
-            if let Some(w) = &mut self.watches {
-                w.hold(wd);
-            }
         }
     }
 

@@ -12,17 +12,22 @@
 //!
 //! Watch descriptors are shared: a second watch on the same inode returns
 //! the first one's number. The path cache counts the entries relying on each
-//! and removes a watch when none does. A reply may carry the number of a
-//! watch the main process removed meanwhile (the helper added it just
-//! before); the kernel numbers new watches in increasing order, so any
-//! number not above the highest removed one, and not in use, may be dead,
-//! and such an entry is not cached (see [`Watches::may_be_dead`]).
+//! and removes a watch when none does. Two races are closed by
+//! [`Watches::adopt`], which refuses a watch (the answer is served but not
+//! cached):
+//! - a reply may carry the number of a watch the main process removed
+//!   meanwhile (the helper added it just before); the kernel numbers new
+//!   watches in increasing order, so a number not in use and not above the
+//!   highest removed one may be dead;
+//! - the file may change between the helper's read and the main process
+//!   receiving the reply: the event then arrives for a watch not yet in use,
+//!   and is remembered (among the few replies in flight) until claimed.
 //!
 //! What the kernel does not report (a directory renamed above a cached file,
 //! network file systems changed by another host) is caught by the freshness
 //! interval, as before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -61,8 +66,15 @@ pub struct Watches {
     in_use: HashMap<i32, u32>,
     /// Highest watch descriptor removed so far (by us or by the kernel).
     highest_removed: i32,
+    /// Watches not in use that reported a change: a reply carrying one is
+    /// stale already. Only the last few matter (replies in flight).
+    unclaimed_changes: VecDeque<i32>,
     buf: Box<[u8]>,
 }
+
+/// How many unclaimed changes are remembered; replies in flight are at most
+/// one per helper.
+const UNCLAIMED_CHANGES: usize = 1024;
 
 /// Size of `struct inotify_event` without its name.
 const EVENT_HEADER: usize = 16;
@@ -80,6 +92,7 @@ impl Watches {
             inotify: unsafe { OwnedFd::from_raw_fd(fd) },
             in_use: HashMap::new(),
             highest_removed: 0,
+            unclaimed_changes: VecDeque::new(),
             buf: vec![0u8; 16 * 1024].into_boxed_slice(),
         })
     }
@@ -89,15 +102,41 @@ impl Watches {
         self.inotify.as_fd()
     }
 
-    /// Whether `wd` may name a watch that was removed since it was added:
-    /// then what it guards cannot be trusted to be reported.
-    pub fn may_be_dead(&self, wd: i32) -> bool {
-        !self.in_use.contains_key(&wd) && wd <= self.highest_removed
+    /// One more cache entry would rely on `wd`: true if it may (then the
+    /// watch is held), false if the watch may be gone or already reported
+    /// a change (then it is removed unless in use, and the entry must not
+    /// be cached).
+    pub fn adopt(&mut self, wd: i32) -> bool {
+        if let Some(count) = self.in_use.get_mut(&wd) {
+            *count += 1;
+            return true;
+        }
+        let changed = match self.unclaimed_changes.iter().position(|&w| w == wd) {
+            Some(at) => {
+                self.unclaimed_changes.remove(at);
+                true
+            }
+            None => false,
+        };
+        if changed || wd <= self.highest_removed {
+            self.remove(wd);
+            return false;
+        }
+        self.in_use.insert(wd, 1);
+        true
     }
 
-    /// One more cache entry relies on `wd`.
-    pub fn hold(&mut self, wd: i32) {
-        *self.in_use.entry(wd).or_insert(0) += 1;
+    /// A watch no entry will rely on (its answer was not cached).
+    pub fn discard(&mut self, wd: i32) {
+        if !self.in_use.contains_key(&wd) {
+            self.remove(wd);
+        }
+    }
+
+    fn remove(&mut self, wd: i32) {
+        self.highest_removed = self.highest_removed.max(wd);
+        // SAFETY: plain integers. EINVAL (the kernel removed it already) is harmless.
+        unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), wd) };
     }
 
     /// One cache entry less relies on `wd`; the watch is removed when none does.
@@ -108,9 +147,7 @@ impl Watches {
         *count -= 1;
         if *count == 0 {
             self.in_use.remove(&wd);
-            self.highest_removed = self.highest_removed.max(wd);
-            // SAFETY: plain integers. EINVAL (the kernel removed it already) is harmless.
-            unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), wd) };
+            self.remove(wd);
         }
     }
 
@@ -162,6 +199,12 @@ impl Watches {
                     }
                 } else if self.in_use.contains_key(&wd) {
                     changes.push(Change::Watch(wd));
+                } else if wd > self.highest_removed && !self.unclaimed_changes.contains(&wd) {
+                    // A watch whose reply has not arrived yet.
+                    if self.unclaimed_changes.len() == UNCLAIMED_CHANGES {
+                        self.unclaimed_changes.pop_front();
+                    }
+                    self.unclaimed_changes.push_back(wd);
                 }
             }
         }
@@ -179,7 +222,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         let opened = std::fs::File::open(file.path()).unwrap();
         let wd = add_watch(watches.fd(), opened.as_fd()).expect("watchable");
-        watches.hold(wd);
+        assert!(watches.adopt(wd));
         assert_eq!(
             add_watch(watches.fd(), opened.as_fd()),
             Some(wd),
@@ -191,11 +234,26 @@ mod tests {
         file.write_all(b"x").unwrap();
         watches.read_changes(&mut changes);
         assert!(changes.contains(&Change::Watch(wd)), "{changes:?}");
-        assert!(!watches.may_be_dead(wd));
         watches.release(wd);
-        assert!(watches.may_be_dead(wd), "removed, and not re-added");
+        assert!(!watches.adopt(wd), "removed, and not re-added");
         let again = add_watch(watches.fd(), opened.as_fd()).unwrap();
         assert!(again > wd, "new watches get higher numbers");
-        assert!(!watches.may_be_dead(again));
+        assert!(watches.adopt(again));
+    }
+
+    #[test]
+    fn a_change_before_the_reply_is_claimed_makes_the_watch_unusable() {
+        let mut watches = Watches::new().unwrap();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let opened = std::fs::File::open(file.path()).unwrap();
+        // A helper added the watch and replied; the file changes before the
+        // main process reads the reply.
+        let wd = add_watch(watches.fd(), opened.as_fd()).unwrap();
+        file.write_all(b"changed").unwrap();
+        let mut changes = Vec::new();
+        watches.read_changes(&mut changes);
+        assert!(changes.is_empty(), "no entry relies on it yet");
+        assert!(!watches.adopt(wd), "the reply is stale already");
+        assert!(watches.is_empty());
     }
 }
