@@ -8,33 +8,128 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Bound on any single wait in the tests: a hang fails instead of blocking CI.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Path of a binary built by this workspace (`flash-server`, `flash-helper`,
-/// `flash-slowfs`): `$FLASH_BIN_DIR`, else the profile directory holding the
-/// running test executable (`target/<profile>/deps/..`).
+/// `flash-slowfs`), never a stale one: `$FLASH_BIN_DIR/NAME` if that is set
+/// (the caller vouches for those binaries), else the profile directory of
+/// the running test executable (`target/<profile>/deps/..`) after one
+/// `cargo build` of the binaries per test process ([`fresh_bin_dir`]).
 pub fn binary(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("FLASH_BIN_DIR") {
         return PathBuf::from(dir).join(name);
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let mut dir = exe
-        .parent()
-        .expect("test executable directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
+    let path = fresh_bin_dir().join(name);
     assert!(
         path.is_file(),
-        "{} is not built: run `cargo test --workspace` (or `cargo build --workspace`)",
+        "{} is not built (cargo build -p flash-server -p flash-helper -p integration-tests --bins)",
         path.display()
     );
     path
+}
+
+/// The profile directory holding the test executable, with the workspace's
+/// binaries brought up to date by `cargo build` (same profile, target
+/// directory and target triple as this test executable; `--locked`, quiet),
+/// run once per test process. `cargo test -p integration-tests` alone does
+/// not rebuild `flash-server` and `flash-helper` after an edit of
+/// flash-core, so without this the tests would run old binaries.
+///
+/// Calling cargo from a test does not deadlock: `cargo test` releases the
+/// build-directory lock before it runs the test executables. When nothing
+/// changed the build is a no-op of well under a second. It tries
+/// `--offline` first and goes online only if a crate is missing locally.
+pub fn fresh_bin_dir() -> &'static Path {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match DIR.get_or_init(build_binaries) {
+        Ok(dir) => dir,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn build_binaries() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("test executable path: {e}"))?;
+    let mut profile_dir = exe
+        .parent()
+        .ok_or("test executable has no directory")?
+        .to_path_buf();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
+    let profile_name = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("odd profile directory {}", profile_dir.display()))?
+        .to_string();
+    // target/<profile> or, with --target, target/<triple>/<profile>; cargo
+    // marks the target directory's root with CACHEDIR.TAG.
+    let parent = profile_dir.parent().ok_or("profile dir has no parent")?;
+    let (target_dir, triple) = if parent.join("CACHEDIR.TAG").is_file() {
+        (parent.to_path_buf(), None)
+    } else {
+        match parent.parent() {
+            Some(top) if top.join("CACHEDIR.TAG").is_file() => (
+                top.to_path_buf(),
+                parent.file_name().map(|t| t.to_os_string()),
+            ),
+            _ => {
+                return Err(format!(
+                    "{} is not in a cargo target directory: set FLASH_BIN_DIR to the directory \
+                     holding flash-server and flash-helper",
+                    exe.display()
+                ))
+            }
+        }
+    };
+    let profile = match profile_name.as_str() {
+        "debug" => "dev".to_string(),
+        other => other.to_string(),
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    // The cargo running these tests, else the one that built them, else PATH's.
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let run = |offline: bool| {
+        let mut command = Command::new(&cargo);
+        command
+            .args(["build", "--quiet", "--locked"])
+            .args(["-p", "flash-server", "-p", "flash-helper"])
+            .args(["-p", "integration-tests", "--bins"])
+            .arg("--profile")
+            .arg(&profile)
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if let Some(triple) = &triple {
+            command.arg("--target").arg(triple);
+        }
+        if offline {
+            command.arg("--offline");
+        }
+        command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {cargo:?} to build the binaries under test: {e}"))
+    };
+    let mut output = run(true)?;
+    if !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("offline") {
+        output = run(false)?;
+    }
+    if !output.status.success() {
+        return Err(format!(
+            "building the binaries under test failed ({}); set FLASH_BIN_DIR to use prebuilt \
+             ones:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(profile_dir)
 }
 
 /// A temporary directory removed on drop.
