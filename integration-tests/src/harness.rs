@@ -309,6 +309,40 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
+// ---- privileges, processes and limits ----------------------------------
+
+/// Whether this process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Gate for the tests that need root: mounting FUSE (`/dev/fuse` is
+/// root's, and without root fuser would need the setuid `fusermount3`),
+/// `--user nobody`, or chown. As root, returns true. Otherwise writes
+/// `skipped <test>: needs root (<why>)` straight to stderr (past the test
+/// harness's output capture, so it shows in a normal `cargo test` run) and
+/// returns false; the test then returns:
+///
+/// ```no_run
+/// # use integration_tests::harness::require_root;
+/// if !require_root("mounts FUSE") {
+///     return;
+/// }
+/// ```
+///
+/// CI runs as root, so there nothing is skipped and a missing `/dev/fuse`
+/// or user `nobody` fails the tests that need them.
+pub fn require_root(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    let _ = writeln!(io::stderr(), "skipped {test}: needs root ({why})");
+    false
+}
+
 /// A parsed HTTP response.
 #[derive(Debug, Clone)]
 pub struct Response {

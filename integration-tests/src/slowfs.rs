@@ -14,6 +14,13 @@
 //! [`crate::harness::binary`] finds the server's: `$FLASH_BIN_DIR`, or next to the running
 //! test executable (`target/<profile>/flash-slowfs`) after a `cargo build` that keeps it fresh.
 //!
+//! Mounting needs `/dev/fuse` and root, nothing else: fuser's pure-Rust mount
+//! (`default-features = false`) opens `/dev/fuse` and calls `mount(2)` itself when it may,
+//! and only falls back to the setuid `fusermount3` (package fuse3) when that fails with
+//! EPERM, i.e. for non-root users; as root, unmounting is `umount2(2)`. So as root the
+//! tests need no fuse3 package; without root they are skipped
+//! ([`crate::harness::require_root`]).
+//!
 //! Evicting cached pages (see [`drop_page_cache`]): `posix_fadvise(POSIX_FADV_DONTNEED)` on
 //! a file under the mount does evict its FUSE pages (`FOPEN_KEEP_CACHE` only stops the
 //! kernel from dropping them on open), and the next read reaches flash-slowfs again; the
