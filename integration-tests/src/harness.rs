@@ -8,33 +8,128 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Bound on any single wait in the tests: a hang fails instead of blocking CI.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Path of a binary built by this workspace (`flash-server`, `flash-helper`,
-/// `flash-slowfs`): `$FLASH_BIN_DIR`, else the profile directory holding the
-/// running test executable (`target/<profile>/deps/..`).
+/// `flash-slowfs`), never a stale one: `$FLASH_BIN_DIR/NAME` if that is set
+/// (the caller vouches for those binaries), else the profile directory of
+/// the running test executable (`target/<profile>/deps/..`) after one
+/// `cargo build` of the binaries per test process ([`fresh_bin_dir`]).
 pub fn binary(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("FLASH_BIN_DIR") {
         return PathBuf::from(dir).join(name);
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let mut dir = exe
-        .parent()
-        .expect("test executable directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
+    let path = fresh_bin_dir().join(name);
     assert!(
         path.is_file(),
-        "{} is not built: run `cargo test --workspace` (or `cargo build --workspace`)",
+        "{} is not built (cargo build -p flash-server -p flash-helper -p integration-tests --bins)",
         path.display()
     );
     path
+}
+
+/// The profile directory holding the test executable, with the workspace's
+/// binaries brought up to date by `cargo build` (same profile, target
+/// directory and target triple as this test executable; `--locked`, quiet),
+/// run once per test process. `cargo test -p integration-tests` alone does
+/// not rebuild `flash-server` and `flash-helper` after an edit of
+/// flash-core, so without this the tests would run old binaries.
+///
+/// Calling cargo from a test does not deadlock: `cargo test` releases the
+/// build-directory lock before it runs the test executables. When nothing
+/// changed the build is a no-op of well under a second. It tries
+/// `--offline` first and goes online only if a crate is missing locally.
+pub fn fresh_bin_dir() -> &'static Path {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match DIR.get_or_init(build_binaries) {
+        Ok(dir) => dir,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn build_binaries() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("test executable path: {e}"))?;
+    let mut profile_dir = exe
+        .parent()
+        .ok_or("test executable has no directory")?
+        .to_path_buf();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
+    let profile_name = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("odd profile directory {}", profile_dir.display()))?
+        .to_string();
+    // target/<profile> or, with --target, target/<triple>/<profile>; cargo
+    // marks the target directory's root with CACHEDIR.TAG.
+    let parent = profile_dir.parent().ok_or("profile dir has no parent")?;
+    let (target_dir, triple) = if parent.join("CACHEDIR.TAG").is_file() {
+        (parent.to_path_buf(), None)
+    } else {
+        match parent.parent() {
+            Some(top) if top.join("CACHEDIR.TAG").is_file() => (
+                top.to_path_buf(),
+                parent.file_name().map(|t| t.to_os_string()),
+            ),
+            _ => {
+                return Err(format!(
+                    "{} is not in a cargo target directory: set FLASH_BIN_DIR to the directory \
+                     holding flash-server and flash-helper",
+                    exe.display()
+                ))
+            }
+        }
+    };
+    let profile = match profile_name.as_str() {
+        "debug" => "dev".to_string(),
+        other => other.to_string(),
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    // The cargo running these tests, else the one that built them, else PATH's.
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let run = |offline: bool| {
+        let mut command = Command::new(&cargo);
+        command
+            .args(["build", "--quiet", "--locked"])
+            .args(["-p", "flash-server", "-p", "flash-helper"])
+            .args(["-p", "integration-tests", "--bins"])
+            .arg("--profile")
+            .arg(&profile)
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if let Some(triple) = &triple {
+            command.arg("--target").arg(triple);
+        }
+        if offline {
+            command.arg("--offline");
+        }
+        command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {cargo:?} to build the binaries under test: {e}"))
+    };
+    let mut output = run(true)?;
+    if !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("offline") {
+        output = run(false)?;
+    }
+    if !output.status.success() {
+        return Err(format!(
+            "building the binaries under test failed ({}); set FLASH_BIN_DIR to use prebuilt \
+             ones:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(profile_dir)
 }
 
 /// A temporary directory removed on drop.
@@ -43,11 +138,29 @@ pub struct TempDir {
 }
 
 impl TempDir {
+    /// A new directory under the system temp dir (`$TMPDIR` or `/tmp`).
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A new directory in memory (`/dev/shm`) if a tmpfs there has
+    /// `bytes` to spare (and the machine twice that in available memory),
+    /// else as [`TempDir::new`]. For trees of very many files: creating
+    /// 200,000 small files takes about a second on tmpfs but can take a
+    /// minute on a disk-backed file system.
+    pub fn new_in_memory(tag: &str, bytes: u64) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        if tmpfs_with_room(shm, bytes) && mem_available() >= 2 * bytes {
+            TempDir::new_in(shm, tag)
+        } else {
+            TempDir::new(tag)
+        }
+    }
+
+    fn new_in(base: &Path, tag: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("flash-test-{tag}-{}-{n}", std::process::id()));
+        let path = base.join(format!("flash-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         // Readable by an unprivileged server user.
@@ -72,6 +185,39 @@ impl TempDir {
     }
 }
 
+/// Whether `dir` is a writable tmpfs with at least `bytes` free.
+fn tmpfs_with_room(dir: &Path, bytes: u64) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: c_path is NUL-terminated; `stats` is a writable statfs buffer.
+    if unsafe { libc::statfs(c_path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statfs returned 0, so it filled in the struct.
+    let stats = unsafe { stats.assume_init() };
+    // SAFETY: access only reads the path.
+    let writable = unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } == 0;
+    // The field types differ between targets.
+    #[allow(clippy::unnecessary_cast)]
+    let free = (stats.f_bavail as u64).saturating_mul(stats.f_bsize as u64);
+    stats.f_type == libc::TMPFS_MAGIC && writable && free >= bytes
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (0 if unknown).
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
@@ -94,10 +240,34 @@ impl Server {
 
     /// As `start`, but returns the failure (exit status and stderr) instead of panicking.
     pub fn start_with(root: Option<&Path>, args: &[&str]) -> Result<Server, String> {
-        let mut command = Command::new(binary("flash-server"));
-        if let Some(root) = root {
+        Server::launch(&Launch {
+            root,
+            args,
+            ..Launch::default()
+        })
+    }
+
+    /// Starts `[PREFIX...] flash-server ROOT --listen 127.0.0.1:0 ARGS...` as
+    /// `launch` says (e.g. under `prlimit`, which execs the server so the
+    /// pid is the server's, or in a process group of its own).
+    pub fn launch(launch: &Launch) -> Result<Server, String> {
+        let server = binary("flash-server");
+        let mut command = match launch.prefix.split_first() {
+            Some((program, prefix_args)) => {
+                let mut command = Command::new(program);
+                command.args(prefix_args).arg(&server);
+                command
+            }
+            None => Command::new(&server),
+        };
+        if launch.own_process_group {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        if let Some(root) = launch.root {
             command.arg(root);
         }
+        let args = launch.args;
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
@@ -107,7 +277,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("spawn flash-server: {e}"))?;
+            .map_err(|e| format!("spawn {:?}: {e}", command.get_program()))?;
         let stderr = child.stderr.take().expect("piped stderr");
         let stderr = std::thread::spawn(move || {
             let mut text = String::new();
@@ -173,16 +343,50 @@ impl Server {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// Sends SIGTERM and waits for the exit; returns status and stderr.
-    pub fn stop(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().expect("running server");
-        signal(child.id(), libc::SIGTERM);
-        let status = child.wait().expect("wait for flash-server");
+    /// Waits up to `timeout` for the server to exit by itself (after a
+    /// signal the test sent); returns its status and stderr, or `None` if
+    /// it is still running (dropping the `Server` then stops it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<(ExitStatus, String)> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => return None,
+            }
+        };
+        self.child = None;
         let stderr = self
             .stderr
             .take()
             .map(|h| h.join().unwrap_or_default())
             .unwrap_or_default();
+        Some((status, stderr))
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns status and stderr. A
+    /// server still running `IO_TIMEOUT` after SIGTERM is killed (SIGKILL),
+    /// which the status then shows, and the stderr says.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        signal(
+            self.child.as_ref().expect("running server").id(),
+            libc::SIGTERM,
+        );
+        if let Some(exit) = self.wait_exit(IO_TIMEOUT) {
+            return exit;
+        }
+        let mut child = self.child.take().expect("running server");
+        let _ = child.kill();
+        let status = child.wait().expect("wait for flash-server");
+        let mut stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        stderr.push_str("(harness: still running IO_TIMEOUT after SIGTERM; killed)\n");
         (status, stderr)
     }
 }
@@ -196,8 +400,8 @@ impl Drop for Server {
             return;
         };
         signal(child.id(), libc::SIGTERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
             if !matches!(child.try_wait(), Ok(None)) {
                 return;
             }
@@ -208,10 +412,201 @@ impl Drop for Server {
     }
 }
 
-/// Sends `sig` to process `pid`.
+/// How [`Server::launch`] starts the server.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Document root (none: the embedded demo site).
+    pub root: Option<&'a Path>,
+    /// Server arguments; `--listen 127.0.0.1:0` is added unless there is a `--listen`.
+    pub args: &'a [&'a str],
+    /// A command that runs the server, e.g. `["prlimit", "--nofile=256:256"]`.
+    pub prefix: &'a [&'a str],
+    /// Start it in a new process group (its pid is the group id), like a
+    /// shell job, so a terminal's Ctrl-C can be imitated with `kill(-pid, SIGINT)`.
+    pub own_process_group: bool,
+}
+
+/// Sends `sig` to process `pid` (never to a group: pid 0 is refused).
 pub fn signal(pid: u32, sig: libc::c_int) {
+    assert!(
+        pid != 0,
+        "signal: no process (pid 0 would be our own group)"
+    );
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+// ---- privileges, processes and limits ----------------------------------
+
+/// Whether this process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Gate for the tests that need root: mounting FUSE (`/dev/fuse` is
+/// root's, and without root fuser would need the setuid `fusermount3`),
+/// `--user nobody`, or chown. As root, returns true. Otherwise writes
+/// `skipped <test>: needs root (<why>)` straight to stderr (past the test
+/// harness's output capture, so it shows in a normal `cargo test` run) and
+/// returns false; the test then returns:
+///
+/// ```no_run
+/// # use integration_tests::harness::require_root;
+/// if !require_root("mounts FUSE") {
+///     return;
+/// }
+/// ```
+///
+/// CI runs as root, so there nothing is skipped and a missing `/dev/fuse`
+/// or user `nobody` fails the tests that need them.
+pub fn require_root(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    let _ = writeln!(io::stderr(), "skipped {test}: needs root ({why})");
+    false
+}
+
+/// What `/proc` says about a running process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Lines of `/proc/PID/maps`: memory mappings.
+    pub mappings: usize,
+    /// Entries of `/proc/PID/fd`: open descriptors.
+    pub descriptors: usize,
+    /// `VmRSS` in KiB: resident memory now.
+    pub rss_kib: u64,
+    /// `VmHWM` in KiB: peak resident memory.
+    pub hwm_kib: u64,
+}
+
+impl ProcStats {
+    /// The larger of each field.
+    pub fn max(self, other: ProcStats) -> ProcStats {
+        ProcStats {
+            mappings: self.mappings.max(other.mappings),
+            descriptors: self.descriptors.max(other.descriptors),
+            rss_kib: self.rss_kib.max(other.rss_kib),
+            hwm_kib: self.hwm_kib.max(other.hwm_kib),
+        }
+    }
+}
+
+/// Mappings, descriptors and resident memory of process `pid`; `None` once
+/// it is gone.
+pub fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let maps = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
+    let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Some(ProcStats {
+        mappings: maps.iter().filter(|&&b| b == b'\n').count(),
+        descriptors,
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+    })
+}
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`...), `None` if no such process.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Whether `pid` is still a running process (a zombie has exited: it only
+/// waits for its parent to collect the status).
+pub fn process_alive(pid: u32) -> bool {
+    matches!(proc_state(pid), Some(state) if state != 'Z' && state != 'X')
+}
+
+/// Polls `cond` every few milliseconds until it holds or `limit` has
+/// passed; returns whether it held. For conditions with no event to await
+/// (another process's state in /proc).
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Raises this process's soft descriptor limit to at least `want` (up to
+/// the hard limit); servers started afterwards inherit it. Returns the new
+/// soft limit.
+pub fn raise_nofile_limit(want: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+    }
+    limit.rlim_cur
+}
+
+/// A TCP connection to `addr` whose receive buffer is set to `rcvbuf`
+/// bytes before connecting, so the server cannot push much of a large body
+/// ahead of a reader that stops reading. Read and write timeouts are
+/// `IO_TIMEOUT`.
+pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("the harness listens on IPv4 loopback")
+    };
+    // SAFETY: plain socket calls on a descriptor we own; the sockaddr lives across connect.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let size = rcvbuf as libc::c_int;
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "SO_RCVBUF: {}", io::Error::last_os_error());
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "connect: {}", io::Error::last_os_error());
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream
+    }
 }
 
 /// A parsed HTTP response.
@@ -383,6 +778,15 @@ pub fn seeded_bytes(len: usize, seed: u32) -> Vec<u8> {
                 >> 24) as u8
         })
         .collect()
+}
+
+/// The first offset at which `body` holds a byte that no version of the
+/// file ever held at that offset (e.g. NUL padding past a shrunken end),
+/// `None` if every byte comes from some version.
+pub fn foreign_byte(body: &[u8], versions: &[&[u8]]) -> Option<usize> {
+    body.iter()
+        .enumerate()
+        .position(|(i, b)| !versions.iter().any(|v| v.get(i) == Some(b)))
 }
 
 /// Sets the modification time of the file at `path` to `secs` after the Unix epoch.

@@ -10,9 +10,16 @@
 //! // dropping `slow` unmounts and reaps flash-slowfs
 //! ```
 //!
-//! The binary is found through `FLASH_SLOWFS_BIN` if set, else next to the running test
-//! executable (`target/<profile>/flash-slowfs`; cargo builds it for this package's tests,
-//! other packages must build it with `cargo build -p integration-tests --bin flash-slowfs`).
+//! The binary is found through `FLASH_SLOWFS_BIN` if set, else as
+//! [`crate::harness::binary`] finds the server's: `$FLASH_BIN_DIR`, or next to the running
+//! test executable (`target/<profile>/flash-slowfs`) after a `cargo build` that keeps it fresh.
+//!
+//! Mounting needs `/dev/fuse` and root, nothing else: fuser's pure-Rust mount
+//! (`default-features = false`) opens `/dev/fuse` and calls `mount(2)` itself when it may,
+//! and only falls back to the setuid `fusermount3` (package fuse3) when that fails with
+//! EPERM, i.e. for non-root users; as root, unmounting is `umount2(2)`. So as root the
+//! tests need no fuse3 package; without root they are skipped
+//! ([`crate::harness::require_root`]).
 //!
 //! Evicting cached pages (see [`drop_page_cache`]): `posix_fadvise(POSIX_FADV_DONTNEED)` on
 //! a file under the mount does evict its FUSE pages (`FOPEN_KEEP_CACHE` only stops the
@@ -254,8 +261,8 @@ fn escape_mount_path(path: &Path) -> String {
     escaped
 }
 
-/// `FLASH_SLOWFS_BIN`, else `target/<profile>/flash-slowfs` next to the running test
-/// executable (which cargo puts in `target/<profile>/deps/`).
+/// `FLASH_SLOWFS_BIN`, else [`crate::harness::binary`]`("flash-slowfs")`: `$FLASH_BIN_DIR`
+/// or the freshly built `target/<profile>/flash-slowfs` next to the running test executable.
 fn locate_binary() -> io::Result<PathBuf> {
     if let Some(path) = std::env::var_os("FLASH_SLOWFS_BIN") {
         let path = PathBuf::from(path);
@@ -268,28 +275,19 @@ fn locate_binary() -> io::Result<PathBuf> {
             ))
         };
     }
-    let exe = std::env::current_exe()?;
-    let exe_dir = exe.parent().unwrap_or(Path::new("."));
-    let mut candidates = Vec::new();
-    if exe_dir.file_name() == Some("deps".as_ref()) {
-        if let Some(profile_dir) = exe_dir.parent() {
-            candidates.push(profile_dir.join("flash-slowfs"));
-        }
+    let path = crate::harness::binary("flash-slowfs");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "flash-slowfs binary not found at {}; build it with \
+                 `cargo build -p integration-tests --bin flash-slowfs` or set FLASH_SLOWFS_BIN",
+                path.display()
+            ),
+        ))
     }
-    candidates.push(exe_dir.join("flash-slowfs"));
-    candidates
-        .iter()
-        .find(|candidate| candidate.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "flash-slowfs binary not found (looked at {candidates:?}); build it with \
-                     `cargo build -p integration-tests --bin flash-slowfs` or set FLASH_SLOWFS_BIN"
-                ),
-            )
-        })
 }
 
 /// A new, empty, world-traversable directory under the system temp dir.

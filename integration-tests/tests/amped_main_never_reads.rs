@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use integration_tests::harness::{exchange, Server, TempDir};
+use integration_tests::harness::{exchange, require_root, Server, TempDir};
 use integration_tests::slowfs::SlowFs;
 
 const MIB: usize = 1024 * 1024;
@@ -38,6 +38,9 @@ fn assert_only_helpers_read(fs: &SlowFs, server: &Server, file: &str) {
 
 #[test]
 fn whole_cold_file_is_read_by_helpers_only() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     let source = TempDir::new("mainreads-src");
     let data = content(3 * MIB + 123);
     source.write("big.bin", &data);
@@ -54,6 +57,9 @@ fn whole_cold_file_is_read_by_helpers_only() {
 
 #[test]
 fn ranges_that_jump_backwards_are_read_by_helpers_only() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     let source = TempDir::new("mainreads-ranges-src");
     let data = content(64 * MIB);
     source.write("ranges.bin", &data);

@@ -4,13 +4,12 @@
 //! or by `..` in any spelling; a FIFO in the tree is refused at once instead of blocking.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
+use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{get, Server, TempDir, IO_TIMEOUT};
+use integration_tests::harness::{connect_small_rcvbuf, get, Server, TempDir, IO_TIMEOUT};
 
 const SENTINEL: &[u8] = b"SENTINEL-outside-the-root-7f3a9c";
 const BIG: usize = 64 * 1024 * 1024;
@@ -27,46 +26,6 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     }
     v.resize(len, seed);
     v
-}
-
-/// A TCP connection to `addr` whose receive buffer is made small before connecting, so
-/// the server cannot push much of a large body ahead of the reader.
-fn connect_small_rcvbuf(addr: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("the harness listens on IPv4 loopback")
-    };
-    // SAFETY: plain socket calls on a descriptor we own; the sockaddr lives across connect.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let size: libc::c_int = 4096;
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(
-            fd,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream
-    }
 }
 
 /// Sends `GET target` with `Connection: close` and reads everything until the server
@@ -132,7 +91,7 @@ fn truncate_while_downloading(arch: &str) {
     root.write("other.bin", &other);
     let server = Server::start(root.path(), &["--arch", arch]);
 
-    let stream = connect_small_rcvbuf(server.addr);
+    let stream = connect_small_rcvbuf(server.addr, 4096);
     (&stream)
         .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{get, read_response, seeded_bytes, Server, TempDir};
+use integration_tests::harness::{get, read_response, require_root, seeded_bytes, Server, TempDir};
 use integration_tests::slowfs::SlowFs;
 
 /// Delay of every read reaching the slow disk. Large against scheduling noise: all the
@@ -135,8 +135,9 @@ fn run_scenario(args: &[&str], as_nobody: bool) -> Outcome {
         )
         .unwrap();
     }
-    let slow = SlowFs::mount(source.path(), DELAY)
-        .expect("flash-slowfs must mount: these tests need FUSE (/dev/fuse), they never skip");
+    let slow = SlowFs::mount(source.path(), DELAY).expect(
+        "flash-slowfs must mount: as root these tests need FUSE (/dev/fuse) and never skip",
+    );
     let root = slow.mountpoint().to_path_buf();
 
     if as_nobody {
@@ -310,6 +311,9 @@ fn sorted(v: &[usize]) -> Vec<usize> {
 
 #[test]
 fn amped_serves_cached_files_while_helpers_wait_on_the_disk() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     let args = ["--arch", "amped"];
     let outcome = run_scenario(&args, false);
     assert_hot_first(&args, &outcome);
@@ -317,6 +321,9 @@ fn amped_serves_cached_files_while_helpers_wait_on_the_disk() {
 
 #[test]
 fn amped_as_unprivileged_user_relies_on_loaded_windows() {
+    if !require_root("mounts FUSE and runs the server as nobody") {
+        return;
+    }
     let args = ["--arch", "amped", "--user", "nobody"];
     let outcome = run_scenario(&args, true);
     assert_hot_first(&args, &outcome);
@@ -324,6 +331,9 @@ fn amped_as_unprivileged_user_relies_on_loaded_windows() {
 
 #[test]
 fn sped_baseline_stalls_cached_files_behind_the_disk() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
     let args = ["--arch", "sped"];
     let outcome = run_scenario(&args, false);
     let last_hot = outcome.hot.iter().max().copied().unwrap();
