@@ -285,14 +285,17 @@ fn a_trickled_request_body_gets_408_from_the_body_timeout() {
     }
     let text = String::from_utf8_lossy(&answer);
     println!("trickled body: answered {text:?}; connection closed {ended:?} after the head");
+    // The request itself is answered at once (405 for POST, as nginx does);
+    // the body still trickling in then runs into the body timeout.
+    let ended = ended.expect("the connection closed");
     assert!(
-        text.starts_with("HTTP/1.1 408"),
-        "a body trickled in for {answered_after:?} (1 byte / 200 ms) must get 408 from \
-         --body-timeout 1s; got {text:?}"
+        text.contains("HTTP/1.1 408 Request Timeout"),
+        "a body trickled in (1 byte / 200 ms) must get 408 from --body-timeout 1s; got {text:?} \
+         (first answer after {answered_after:?})"
     );
     assert!(
-        answered_after < Duration::from_secs(8),
-        "the 408 came {answered_after:?} after the head: that is not the 1 s body timeout"
+        ended < Duration::from_secs(8),
+        "the connection closed {ended:?} after the head: that is not the 1 s body timeout"
     );
 }
 
