@@ -99,6 +99,8 @@ pub struct PathCache {
     /// Watch -> the slots relying on it.
     by_watch: HashMap<i32, Vec<usize>>,
     changes: Vec<Change>,
+    /// When change events were last lost (queue overflow).
+    changes_lost_at: Option<Instant>,
 }
 
 impl PathCache {
@@ -118,6 +120,7 @@ impl PathCache {
             watches,
             by_watch: HashMap::new(),
             changes: Vec::new(),
+            changes_lost_at: None,
         }
     }
 
@@ -250,6 +253,21 @@ impl PathCache {
         self.enforce_limits(i);
     }
 
+    /// Whether change events were lost after `t`: an answer found before
+    /// then must not be cached.
+    pub fn changes_lost_since(&self, t: Instant) -> bool {
+        self.changes_lost_at.is_some_and(|lost| lost >= t)
+    }
+
+    /// An answer for `path` that is served but not cached: forgets the
+    /// path and lets go of the watch that came with it.
+    pub fn refuse(&mut self, path: &str, ends_with_slash: bool, watch: Option<i32>) {
+        self.remove(path, ends_with_slash);
+        if let (Some(wd), Some(watches)) = (watch, &mut self.watches) {
+            watches.discard(wd);
+        }
+    }
+
     /// Forgets `path` (deleted, or no longer a file).
     pub fn remove(&mut self, path: &str, ends_with_slash: bool) {
         if let Some(i) = self.slot_of(path, ends_with_slash) {
@@ -310,6 +328,8 @@ impl PathCache {
                 }
                 Change::Unknown => {
                     log::warn!("file change notifications overflowed; dropping the path cache");
+                    // Answers on their way now may be stale, unreported.
+                    self.changes_lost_at = Some(Instant::now());
                     for i in 0..self.slots.len() {
                         if self.slots[i].value.is_some() {
                             self.free_slot(i);

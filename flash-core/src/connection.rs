@@ -113,10 +113,9 @@ pub struct Connection {
     write_buf: Vec<u8>,
     write_pos: usize,
     body: Option<Body>,
-    /// Request-body bytes still to skip.
+    /// Request-body bytes still to skip (read after the response is sent,
+    /// within the body timeout).
     discard: u64,
-    /// When the request body being skipped must have arrived.
-    body_deadline: Option<Instant>,
     keep_alive: bool,
     /// Some byte of the current response has left.
     response_started: bool,
@@ -146,7 +145,6 @@ impl Connection {
             write_pos: 0,
             body: None,
             discard: 0,
-            body_deadline: None,
             keep_alive: true,
             response_started: false,
             request_begun: false,
@@ -236,10 +234,12 @@ impl Connection {
             if self.discard > 0 {
                 return self.fill(ctx);
             }
-            self.body_deadline = None;
-            if self.read_start < self.read_end && !self.request_begun {
-                // The next head began in the same read as the end of a body.
+            // The body is done: the next head's timer runs if it began,
+            // else the connection is idle.
+            if self.read_start < self.read_end || self.request_begun {
                 self.begin_request(ctx);
+            } else {
+                self.deadline = Some(ctx.now + ctx.config.idle_timeout);
             }
         }
         if self.read_start < self.read_end {
@@ -404,12 +404,10 @@ impl Connection {
 
     // ---- building responses --------------------------------------------
 
-    /// Consumes the head (and schedules the body discard) of the request now
-    /// answered; the body must arrive within the body timeout.
-    fn consume_request(&mut self, ctx: &Ctx, req: &Request<'_>) {
+    /// Consumes the head (and schedules the body discard) of the request now answered.
+    fn consume_request(&mut self, req: &Request<'_>) {
         self.read_start += req.head_len;
         self.discard = req.body_len;
-        self.body_deadline = (req.body_len > 0).then(|| ctx.now + ctx.config.body_timeout);
         self.state = State::Sending;
     }
 
@@ -422,7 +420,7 @@ impl Connection {
     ) {
         self.keep_alive = req.keep_alive && !ctx.shutting_down;
         self.respond_error(ctx, status, extra, req.method == Method::Head);
-        self.consume_request(ctx, req);
+        self.consume_request(req);
     }
 
     /// An error after which the connection closes (it says so in its head).
@@ -493,7 +491,7 @@ impl Connection {
                 head_only,
             ),
         }
-        self.consume_request(ctx, req);
+        self.consume_request(req);
     }
 
     fn respond_file(
@@ -735,12 +733,17 @@ impl Connection {
         }
         self.state = State::Reading;
         self.request_begun = (self.read_end - self.read_start) as u64 > self.discard;
-        self.deadline = match self.body_deadline {
-            // A body still trickling in keeps its own deadline.
-            Some(at) if self.discard > 0 => Some(at),
-            _ if self.request_begun => Some(ctx.now + ctx.config.header_timeout),
-            _ => Some(ctx.now + ctx.config.idle_timeout),
-        };
+        self.deadline = Some(
+            ctx.now
+                + if self.discard > 0 {
+                    // The rest of the request body must arrive within this.
+                    ctx.config.body_timeout
+                } else if self.request_begun {
+                    ctx.config.header_timeout
+                } else {
+                    ctx.config.idle_timeout
+                },
+        );
         Step::Continue
     }
 

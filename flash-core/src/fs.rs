@@ -218,12 +218,11 @@ impl Resolver {
     }
 
     /// Sets the names tried, in order, as a directory's index (default
-    /// `index.html`, `index.htm`). Names containing `/` are ignored.
+    /// `index.html`, `index.htm`). A name that is empty, `.`, `..` or
+    /// contains `/` is never found (it keeps its position, which replies
+    /// report).
     pub fn with_index_names(mut self, names: Vec<String>) -> Resolver {
-        self.index_names = names
-            .into_iter()
-            .filter(|n| !n.is_empty() && !n.contains('/'))
-            .collect();
+        self.index_names = names;
         self
     }
 
@@ -254,6 +253,9 @@ impl Resolver {
                 drop(file);
                 let dir = path.trim_end_matches('/');
                 for (i, name) in self.index_names.iter().enumerate().take(256) {
+                    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+                        continue;
+                    }
                     let index = if dir.is_empty() {
                         name.clone()
                     } else {

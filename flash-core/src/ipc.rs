@@ -120,9 +120,10 @@ pub fn send_message(
 /// it, if any. Unexpected control data (anything but one `SCM_RIGHTS`
 /// message carrying exactly one descriptor) or a message longer than `buf`
 /// (`MSG_TRUNC`) yield `InvalidData`, after closing every descriptor that
-/// did arrive. A truncated control message (`MSG_CTRUNC`: the kernel could
-/// not install a descriptor sent to us, because this process is out of
-/// descriptors) yields the OS error `EMFILE`; the message is consumed. On a
+/// did arrive. A truncated control message with no descriptor installed
+/// (`MSG_CTRUNC`: the kernel could not install a descriptor sent to us,
+/// because this process is out of descriptors) yields the OS error
+/// `EMFILE`; the message is consumed. On a
 /// non-blocking socket with nothing to read, the error is `WouldBlock`.
 pub fn recv_message(
     sock: BorrowedFd<'_>,
@@ -159,9 +160,12 @@ pub fn recv_message(
         return Err(invalid("message longer than the receive buffer"));
     }
     if msg_flags & libc::MSG_CTRUNC != 0 {
-        // Our control buffer has room for many descriptors, so truncation
-        // means the kernel could not install them: no free descriptor.
-        return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        // Nothing installed: the kernel had no free descriptor for us. Some
+        // installed: the peer sent more than our buffer holds (garbage).
+        if fds.is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        return Err(invalid("control data truncated"));
     }
     if foreign_cmsg {
         return Err(invalid("unexpected control message"));

@@ -100,6 +100,8 @@ pub struct Completion {
     pub outcome: Outcome,
     /// For a resolve job: the path and trailing-slash flag it was for.
     pub path: Option<(String, bool)>,
+    /// When the job was submitted (what it found may predate later events).
+    pub submitted: Instant,
 }
 
 impl Completion {
@@ -115,6 +117,7 @@ impl Completion {
             waiters: job.waiters,
             outcome,
             path,
+            submitted: job.submitted,
         }
     }
 }
@@ -145,6 +148,7 @@ struct Job {
     waiters: Vec<Waiter>,
     crashes: u8,
     queued_at: Instant,
+    submitted: Instant,
 }
 
 impl Job {
@@ -280,6 +284,7 @@ impl HelperPool {
             waiters: vec![waiter],
             crashes: 0,
             queued_at: Instant::now(),
+            submitted: Instant::now(),
         };
         let key = job.key();
         if let Some(id) = self.by_key.get(&key) {
@@ -433,15 +438,19 @@ impl HelperPool {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_out_of_descriptors(&e) => {
+                    self.out_of_descriptors = true;
+                    let SlotState::Busy { job, .. } = self.slots[slot].state else {
+                        // A descriptor nobody asked for: garbage.
+                        warn!("helper {slot}: sent a descriptor unasked; killing it");
+                        self.retire(slot, poller, done, false);
+                        break;
+                    };
                     // The helper answered, but the descriptor it sent could
                     // not be received: this process is out of them. Not the
                     // helper's fault; its job is tried once more after the
                     // server has made room (or gets 503).
-                    self.out_of_descriptors = true;
-                    if let SlotState::Busy { job, .. } = self.slots[slot].state {
-                        self.slots[slot].state = SlotState::Idle;
-                        self.retry_or_fail(job, done);
-                    }
+                    self.slots[slot].state = SlotState::Idle;
+                    self.retry_or_fail(job, done);
                 }
                 Err(e) => {
                     warn!("helper {slot}: {e}; killing it");
@@ -656,6 +665,10 @@ impl HelperPool {
             });
         }
         let child = command.spawn().map_err(|e| {
+            if is_out_of_descriptors(&e) {
+                // Keep the errno: the caller sheds descriptors on it.
+                return e;
+            }
             io::Error::new(
                 e.kind(),
                 format!(

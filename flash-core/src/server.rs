@@ -19,7 +19,7 @@ use crate::cache::{Cached, MapCache, PathCache, PathHit, PathLimits};
 use crate::config::{Arch, Config};
 use crate::connection::{Connection, Flow, Lookup};
 use crate::file::OpenFile;
-use crate::fs::{self, FsError, Resolution, Resolver};
+use crate::fs::{FsError, Resolution, Resolver};
 use crate::pool::{Completion, Found, FoundFile, HelperPool, JobKind, Outcome, PoolConfig, Waiter};
 use crate::reactor;
 use crate::residency::{self, Probe, Residency};
@@ -133,7 +133,7 @@ impl Ctx {
                     self.shed_descriptors();
                     result = self.resolve_inline(path, ends_with_slash);
                 }
-                Some(self.record(path, ends_with_slash, result))
+                Some(self.record(path, ends_with_slash, result, self.now))
             }
             (PathHit::Miss, Backend::Helpers { pool, .. }) => {
                 let job = JobKind::Resolve {
@@ -158,21 +158,21 @@ impl Ctx {
         match resolver.resolve(path, ends_with_slash)? {
             Resolution::Redirect => Ok(Resolved::Redirect),
             Resolution::File { file, index, .. } => {
-                let watch = self
+                let inotify = self
                     .paths
                     .as_ref()
                     .and_then(PathCache::watches)
-                    .and_then(|w| watch::add_watch(w.fd(), file.as_fd()));
-                let (meta, contents) = fs::settle(file.as_fd(), fs::INLINE_MAX)?;
-                let found = match contents {
+                    .map(Watches::fd);
+                let settled = watch::settle_watched(file.as_fd(), inotify)?;
+                let found = match settled.contents {
                     Some(bytes) => Found::Contents(bytes),
                     None => Found::Descriptor(file),
                 };
                 Ok(Resolved::File(FoundFile {
                     found,
-                    meta,
+                    meta: settled.meta,
                     index,
-                    watch,
+                    watch: settled.watch,
                 }))
             }
         }
@@ -181,11 +181,14 @@ impl Ctx {
     /// Turns a resolution into a lookup result, and records it in the path
     /// cache. A file that did not change keeps its `OpenFile` (and so its
     /// cached head); the new descriptor or copy is then simply dropped.
+    /// `asked_at`: when the resolution was asked for; if change events were
+    /// lost since, the answer is served but not cached.
     pub fn record(
         &mut self,
         path: &str,
         ends_with_slash: bool,
         result: Result<Resolved, FsError>,
+        asked_at: Instant,
     ) -> Lookup {
         match result {
             Ok(Resolved::File(FoundFile {
@@ -204,10 +207,13 @@ impl Ctx {
                     .as_ref()
                     .and_then(|cache| cache.same_file(path, ends_with_slash, &meta));
                 let file = match (unchanged, found) {
-                    (Some(unchanged), _) => unchanged,
-                    (None, Found::Contents(bytes)) => {
+                    // A small file's fresh copy always wins: metadata can
+                    // look unchanged across a same-size rewrite within one
+                    // timestamp tick.
+                    (_, Found::Contents(bytes)) => {
                         Rc::new(OpenFile::in_memory(bytes.into_boxed_slice(), meta))
                     }
+                    (Some(unchanged), Found::Descriptor(_)) => unchanged,
                     (None, Found::Descriptor(fd)) => {
                         let probe = match &self.backend {
                             Backend::Helpers { residency, .. } => residency.probe_for(&meta),
@@ -217,16 +223,20 @@ impl Ctx {
                     }
                 };
                 if let Some(cache) = &mut self.paths {
-                    cache.insert(
-                        path,
-                        ends_with_slash,
-                        Cached::File {
-                            file: Rc::clone(&file),
-                            content_type,
-                        },
-                        self.now,
-                        watch,
-                    );
+                    if cache.changes_lost_since(asked_at) {
+                        cache.refuse(path, ends_with_slash, watch);
+                    } else {
+                        cache.insert(
+                            path,
+                            ends_with_slash,
+                            Cached::File {
+                                file: Rc::clone(&file),
+                                content_type,
+                            },
+                            self.now,
+                            watch,
+                        );
+                    }
                 }
                 Lookup::File { file, content_type }
             }
@@ -480,7 +490,10 @@ impl Server {
             self.ctx.tick += 1;
             // Changes first: no request in this batch may be answered from
             // an entry the kernel already reported stale.
-            if events.iter().any(|e| e.key == WATCH_KEY) {
+            // (A full batch may have left the inotify event for the next
+            // wait while a helper reply in it is delivered now: read anyway.)
+            if events.len() >= events.capacity().get() || events.iter().any(|e| e.key == WATCH_KEY)
+            {
                 if let Some(paths) = &mut self.ctx.paths {
                     paths.apply_changes();
                 }
@@ -661,14 +674,17 @@ impl Server {
             waiters,
             outcome,
             path,
+            submitted,
         } = completion;
         let path = path.as_ref().map(|(p, s)| (p.as_str(), *s));
         let found = match (outcome, path) {
             (Outcome::Resolved(file), Some((p, s))) => {
-                self.ctx.record(p, s, Ok(Resolved::File(file)))
+                self.ctx.record(p, s, Ok(Resolved::File(file)), submitted)
             }
-            (Outcome::Redirect, Some((p, s))) => self.ctx.record(p, s, Ok(Resolved::Redirect)),
-            (Outcome::Failed(error), Some((p, s))) => self.ctx.record(p, s, Err(error)),
+            (Outcome::Redirect, Some((p, s))) => {
+                self.ctx.record(p, s, Ok(Resolved::Redirect), submitted)
+            }
+            (Outcome::Failed(error), Some((p, s))) => self.ctx.record(p, s, Err(error), submitted),
             (Outcome::Resolved(_) | Outcome::Redirect, None) => Lookup::Unavailable,
             (Outcome::Failed(_) | Outcome::Unavailable, _) => {
                 if let (Some(paths), Some((p, s))) = (&mut self.ctx.paths, path) {

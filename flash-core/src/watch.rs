@@ -3,11 +3,11 @@
 //! The path cache trusts an entry for a while (the freshness interval); a
 //! file rewritten, truncated, `chmod`ed, deleted or renamed over within that
 //! time would be served as it was. The kernel can tell at once: whoever opens
-//! a file for the cache (a helper, or the main process in SPED) adds an
-//! inotify watch on the open file, to the main process's inotify instance
-//! (helpers inherit its descriptor), *before* reading the file's metadata
-//! for the last time (see [`crate::fs::settle`]), so no change after that
-//! read goes unnoticed. The main loop reads the events as ordinary I/O and
+//! a file for the cache (a helper, or the main process in SPED) reads it
+//! ([`crate::fs::settle`]), adds an inotify watch on the open file to the
+//! main process's inotify instance (helpers inherit its descriptor), and
+//! then checks the metadata once more ([`settle_watched`]): a change before
+//! the watch shows in that check, a change after it is reported. The main loop reads the events as ordinary I/O and
 //! drops the entries of every changed file before it serves another request.
 //!
 //! Watch descriptors are shared: a second watch on the same inode returns
@@ -32,6 +32,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use crate::fs::{self, FileMeta, FsError};
+
 /// Events that make a cached file stale: its bytes or size changed
 /// (`IN_MODIFY`, also truncation), its permissions or link count changed
 /// (`IN_ATTRIB`: `chmod`, unlink, renamed over), it was deleted or moved.
@@ -48,6 +50,37 @@ pub fn add_watch(inotify: BorrowedFd<'_>, file: BorrowedFd<'_>) -> Option<i32> {
     // kernel only reads it.
     let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), WATCH_MASK) };
     (wd >= 0).then_some(wd)
+}
+
+/// A resolved file as its opener replies with it.
+pub struct Settled {
+    pub meta: FileMeta,
+    /// The whole file, when it is small (see [`crate::fs::settle`]).
+    pub contents: Option<Vec<u8>>,
+    /// The watch reporting later changes, if one could be added.
+    pub watch: Option<i32>,
+}
+
+/// Reads an opened file ([`crate::fs::settle`]) and adds a change watch
+/// (when `inotify` is given) *after* the read, so a slow read holds no
+/// watch yet, then checks that the metadata did not change meanwhile
+/// (reading again if it did): every change after the returned metadata was
+/// taken is reported on the watch.
+pub fn settle_watched(
+    file: BorrowedFd<'_>,
+    inotify: Option<BorrowedFd<'_>>,
+) -> Result<Settled, FsError> {
+    let (mut meta, mut contents) = fs::settle(file, fs::INLINE_MAX)?;
+    let watch = inotify.and_then(|i| add_watch(i, file));
+    if watch.is_some() && fs::file_meta(file)? != meta {
+        // Changed before the watch was in place: read again, now watched.
+        (meta, contents) = fs::settle(file, fs::INLINE_MAX)?;
+    }
+    Ok(Settled {
+        meta,
+        contents,
+        watch,
+    })
 }
 
 /// What a batch of events says.
@@ -107,6 +140,9 @@ impl Watches {
     /// a change (then it is removed unless in use, and the entry must not
     /// be cached).
     pub fn adopt(&mut self, wd: i32) -> bool {
+        if wd <= 0 {
+            return false; // not a watch the kernel hands out
+        }
         if let Some(count) = self.in_use.get_mut(&wd) {
             *count += 1;
             return true;
@@ -134,9 +170,14 @@ impl Watches {
     }
 
     fn remove(&mut self, wd: i32) {
-        self.highest_removed = self.highest_removed.max(wd);
-        // SAFETY: plain integers. EINVAL (the kernel removed it already) is harmless.
-        unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), wd) };
+        // SAFETY: plain integers. EINVAL (no such watch: the kernel removed
+        // it already, or a helper sent a bogus number) is harmless.
+        if unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), wd) } == 0 {
+            // Only real watches move the mark (a bogus huge number must not
+            // make every later watch look dead); the kernel's IN_IGNORED for
+            // it moves it too.
+            self.highest_removed = self.highest_removed.max(wd);
+        }
     }
 
     /// One cache entry less relies on `wd`; the watch is removed when none does.
@@ -192,9 +233,10 @@ impl Watches {
                     changes.push(Change::Unknown);
                 } else if mask & libc::IN_IGNORED != 0 {
                     // The kernel dropped the watch (file deleted, file system
-                    // unmounted), or we removed it.
+                    // unmounted), or we removed it: it is dead, whether or
+                    // not its reply has arrived.
+                    self.highest_removed = self.highest_removed.max(wd);
                     if self.in_use.remove(&wd).is_some() {
-                        self.highest_removed = self.highest_removed.max(wd);
                         changes.push(Change::Watch(wd));
                     }
                 } else if self.in_use.contains_key(&wd) {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use flash_core::codec::{self, MAX_WIRE_LEN};
 use flash_core::fs::{self, FsError, Resolution, Resolver, SymlinkPolicy};
 use flash_core::protocol::{FromHelper, ToHelper, PROTOCOL_VERSION};
-use flash_core::watch::add_watch;
+use flash_core::watch;
 use flash_core::{ipc, sys};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -104,19 +104,15 @@ fn serve(
                 }
                 match resolver.resolve(&path, ends_with_slash) {
                     Ok(Resolution::File { file, index, .. }) => {
-                        // Watch first, then take the metadata (and small
-                        // contents) the main process will trust: any later
-                        // change is reported.
-                        let watch = inotify.and_then(|i| add_watch(i, file.as_fd()));
-                        match fs::settle(file.as_fd(), fs::INLINE_MAX) {
-                            Ok((meta, contents)) => {
-                                let fd = contents.is_none().then(|| file.as_fd());
+                        match watch::settle_watched(file.as_fd(), inotify) {
+                            Ok(settled) => {
+                                let fd = settled.contents.is_none().then(|| file.as_fd());
                                 let msg = FromHelper::Resolved {
                                     id,
-                                    meta,
+                                    meta: settled.meta,
                                     index,
-                                    contents,
-                                    watch,
+                                    contents: settled.contents,
+                                    watch: settled.watch,
                                 };
                                 reply(sock, &msg, fd)?
                             }
