@@ -264,11 +264,6 @@ def run_crawl(server: B.Server, paths_file: str, conns: int, cap: int, client_cp
 # ---------------------------------------------------------------------- main
 
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def main() -> int:
     env = os.environ.get
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -636,16 +631,16 @@ def summarize(rows, name, conns) -> dict | None:
     return dict(
         runs=len(rs), done=len(done), died=len(died), errs=len(errs), incomplete=len(inc),
         failed=sum(r["status"] == "failed" for r in rs),
-        died_at=med([r["ok"] for r in died]),
+        died_at=B.median_or_none([r["ok"] for r in died]),
         died_range=(min((r["ok"] or 0) for r in died), max((r["ok"] or 0) for r in died)) if died else None,
-        inc_responses=med([r["responses"] for r in inc]),
-        err_non200=med([r["other_status"] for r in errs]), err_sock=med([r["socket_errors"] for r in errs]),
-        req_s=med([r["req_s"] for r in basis]),
-        cpu_us=(lambda m: m / 1000 if m is not None else None)(med([r["cpu_ns_per_req"] for r in basis])),
-        maps=med([r["peak_maps"] for r in rs]), fds=med([r["peak_fds"] for r in rs]),
-        rss_mib=med([r["peak_rss_kib"] / 1024 for r in rs]),
-        tmaps=med([r["tree_peak_maps"] for r in rs]), tfds=med([r["tree_peak_fds"] for r in rs]),
-        trss_mib=med([r["tree_peak_rss_kib"] / 1024 for r in rs]), procs=max(r["tree_procs"] for r in rs),
+        inc_responses=B.median_or_none([r["responses"] for r in inc]),
+        err_non200=B.median_or_none([r["other_status"] for r in errs]), err_sock=B.median_or_none([r["socket_errors"] for r in errs]),
+        req_s=B.median_or_none([r["req_s"] for r in basis]),
+        cpu_us=(lambda m: m / 1000 if m is not None else None)(B.median_or_none([r["cpu_ns_per_req"] for r in basis])),
+        maps=B.median_or_none([r["peak_maps"] for r in rs]), fds=B.median_or_none([r["peak_fds"] for r in rs]),
+        rss_mib=B.median_or_none([r["peak_rss_kib"] / 1024 for r in rs]),
+        tmaps=B.median_or_none([r["tree_peak_maps"] for r in rs]), tfds=B.median_or_none([r["tree_peak_fds"] for r in rs]),
+        trss_mib=B.median_or_none([r["tree_peak_rss_kib"] / 1024 for r in rs]), procs=max(r["tree_procs"] for r in rs),
     )
 
 

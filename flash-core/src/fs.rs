@@ -325,8 +325,8 @@ pub const INLINE_MAX: u64 = 32 * 1024;
 /// How often [`settle`] rereads a file that keeps changing under it.
 const SETTLE_TRIES: usize = 3;
 
-/// The final metadata of an opened file and, for a file of at most
-/// `inline_max` bytes, its whole contents.
+/// The final metadata of an opened file (`opened`: its `fstat` at open) and,
+/// for a file of at most `inline_max` bytes, its whole contents.
 ///
 /// Call it after anything that must see later changes (a change watch) is in
 /// place: the metadata is read again here, so a change made between the
@@ -337,15 +337,17 @@ const SETTLE_TRIES: usize = 3;
 /// descriptor, whose `sendfile` never sends past the end of file).
 pub fn settle(
     file: BorrowedFd<'_>,
+    opened: FileMeta,
     inline_max: u64,
 ) -> Result<(FileMeta, Option<Vec<u8>>), FsError> {
+    let mut before = opened;
     for _ in 0..SETTLE_TRIES {
-        let before = file_meta(file)?;
         if before.size > inline_max {
             return Ok((before, None));
         }
-        // One byte more than expected, so growth shows as a longer read.
-        let mut bytes = vec![0u8; before.size as usize + 1];
+        // Exactly `size` bytes; a file that grew or shrank meanwhile shows
+        // in the metadata read after.
+        let mut bytes = vec![0u8; before.size as usize];
         let mut got = 0;
         while got < bytes.len() {
             match pread(file, &mut bytes[got..], got as u64) {
@@ -355,12 +357,12 @@ pub fn settle(
             }
         }
         let after = file_meta(file)?;
-        if got as u64 == before.size && after == before {
-            bytes.truncate(got);
+        if got == bytes.len() && after == before {
             return Ok((after, Some(bytes)));
         }
+        before = after;
     }
-    Ok((file_meta(file)?, None))
+    Ok((before, None))
 }
 
 /// `fstat` of an open descriptor, as a [`FileMeta`].

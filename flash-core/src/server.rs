@@ -157,13 +157,13 @@ impl Ctx {
         };
         match resolver.resolve(path, ends_with_slash)? {
             Resolution::Redirect => Ok(Resolved::Redirect),
-            Resolution::File { file, index, .. } => {
+            Resolution::File { file, meta, index } => {
                 let inotify = self
                     .paths
                     .as_ref()
                     .and_then(PathCache::watches)
                     .map(Watches::fd);
-                let settled = watch::settle_watched(file.as_fd(), inotify)?;
+                let settled = watch::settle_watched(file.as_fd(), meta, inotify)?;
                 let found = match settled.contents {
                     Some(bytes) => Found::Contents(bytes),
                     None => Found::Descriptor(file),

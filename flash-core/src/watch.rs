@@ -61,20 +61,25 @@ pub struct Settled {
     pub watch: Option<i32>,
 }
 
-/// Reads an opened file ([`crate::fs::settle`]) and adds a change watch
+/// Reads an opened file (`opened`: its `fstat` at open; see
+/// [`crate::fs::settle`]) and adds a change watch
 /// (when `inotify` is given) *after* the read, so a slow read holds no
 /// watch yet, then checks that the metadata did not change meanwhile
 /// (reading again if it did): every change after the returned metadata was
 /// taken is reported on the watch.
 pub fn settle_watched(
     file: BorrowedFd<'_>,
+    opened: FileMeta,
     inotify: Option<BorrowedFd<'_>>,
 ) -> Result<Settled, FsError> {
-    let (mut meta, mut contents) = fs::settle(file, fs::INLINE_MAX)?;
+    let (mut meta, mut contents) = fs::settle(file, opened, fs::INLINE_MAX)?;
     let watch = inotify.and_then(|i| add_watch(i, file));
-    if watch.is_some() && fs::file_meta(file)? != meta {
-        // Changed before the watch was in place: read again, now watched.
-        (meta, contents) = fs::settle(file, fs::INLINE_MAX)?;
+    if watch.is_some() {
+        let now = fs::file_meta(file)?;
+        if now != meta {
+            // Changed before the watch was in place: read again, now watched.
+            (meta, contents) = fs::settle(file, now, fs::INLINE_MAX)?;
+        }
     }
     Ok(Settled {
         meta,

@@ -103,8 +103,8 @@ fn serve(
                     )));
                 }
                 match resolver.resolve(&path, ends_with_slash) {
-                    Ok(Resolution::File { file, index, .. }) => {
-                        match watch::settle_watched(file.as_fd(), inotify) {
+                    Ok(Resolution::File { file, meta, index }) => {
+                        match watch::settle_watched(file.as_fd(), meta, inotify) {
                             Ok(settled) => {
                                 let fd = settled.contents.is_none().then(|| file.as_fd());
                                 let msg = FromHelper::Resolved {

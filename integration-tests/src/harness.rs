@@ -524,6 +524,26 @@ pub fn proc_state(pid: u32) -> Option<char> {
 
 /// Whether `pid` is still a running process (a zombie has exited: it only
 /// waits for its parent to collect the status).
+/// The C form of an IPv4 socket address, for raw `connect` calls.
+pub fn sockaddr_in(v4: &std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// The pids of `pids` whose processes still run.
+pub fn still_running(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .copied()
+        .filter(|&pid| process_alive(pid))
+        .collect()
+}
+
 pub fn process_alive(pid: u32) -> bool {
     matches!(proc_state(pid), Some(state) if state != 'Z' && state != 'X')
 }
@@ -589,14 +609,7 @@ pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
         assert_eq!(rc, 0, "SO_RCVBUF: {}", io::Error::last_os_error());
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
+        let sin = sockaddr_in(&v4);
         let rc = libc::connect(
             fd,
             (&sin as *const libc::sockaddr_in).cast(),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
     connect_small_rcvbuf, get, proc_state, process_alive, raise_nofile_limit, read_response,
-    seeded_bytes, signal, wait_until, Launch, Server, TempDir, IO_TIMEOUT,
+    seeded_bytes, signal, sockaddr_in, still_running, wait_until, Launch, Server, TempDir,
+    IO_TIMEOUT,
 };
 
 // ---- a burst of connections ---------------------------------------------
@@ -34,14 +35,7 @@ fn start_connect(addr: SocketAddr) -> (OwnedFd, Instant) {
         );
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let owned = OwnedFd::from_raw_fd(fd);
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
+        let sin = sockaddr_in(&v4);
         let started = Instant::now();
         let rc = libc::connect(
             fd,
@@ -399,11 +393,7 @@ fn ctrl_c(download: bool) {
     wait_until(Duration::from_secs(2), || {
         helpers.iter().all(|&pid| !process_alive(pid))
     });
-    let left: Vec<u32> = helpers
-        .iter()
-        .copied()
-        .filter(|&pid| process_alive(pid))
-        .collect();
+    let left = still_running(&helpers);
     kill_leftovers(&left);
     println!(
         "{tag}: exited {took:?} after the SIGINT with {status}; helpers still running at the \
@@ -454,11 +444,7 @@ fn helpers_exit_when_the_main_process_is_killed() {
     let gone = wait_until(Duration::from_secs(5), || {
         helpers.iter().all(|&pid| !process_alive(pid))
     });
-    let left: Vec<u32> = helpers
-        .iter()
-        .copied()
-        .filter(|&pid| process_alive(pid))
-        .collect();
+    let left = still_running(&helpers);
     kill_leftovers(&left);
     assert!(
         gone,
