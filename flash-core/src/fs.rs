@@ -328,11 +328,10 @@ const SETTLE_TRIES: usize = 3;
 /// The final metadata of an opened file (`opened`: its `fstat` at open) and,
 /// for a file of at most `inline_max` bytes, its whole contents.
 ///
-/// Call it after anything that must see later changes (a change watch) is in
-/// place: the metadata is read again here, so a change made between the
-/// open and the watch is not missed. The contents are a consistent snapshot:
-/// metadata read before and after the read must agree and the read must
-/// return exactly `size` bytes, else it tries again; a file that keeps
+/// The contents are a snapshot: metadata read before and after the read
+/// must agree and the read must return exactly `size` bytes, else it tries
+/// again (a same-size write within one timestamp tick can still slip
+/// through; see docs/ARCHITECTURE.md, *Integrity*); a file that keeps
 /// changing is returned without contents (it is then served through its
 /// descriptor, whose `sendfile` never sends past the end of file).
 pub fn settle(
