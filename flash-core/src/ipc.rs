@@ -7,7 +7,7 @@
 //! module only moves bytes and descriptors: it does not frame or interpret
 //! them (see [`crate::codec`] and [`crate::protocol`]) and it does not choose
 //! blocking or non-blocking mode (the main process makes its end
-//! non-blocking with [`set_nonblocking`]; helpers block). `EINTR` is retried
+//! non-blocking with [`crate::sys::set_nonblocking`]; helpers block). `EINTR` is retried
 //! here; `WouldBlock` is returned to the caller as an `io::Error`.
 //!
 //! The `unsafe` here is confined to thin wrappers over `socketpair`,

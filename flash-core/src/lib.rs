@@ -18,7 +18,8 @@
 //! - [`protocol`], [`codec`], [`ipc`]: what travels to helpers, and how;
 //! - [`fs`]: confined resolution and prefetch (run by helpers, or inline);
 //! - [`residency`]: which bytes may be sent without waiting on the disk;
-//! - [`file`], [`sys`], [`reactor`]: open files, libc and poller wrappers.
+//! - [`file`](mod@file), [`sys`], [`reactor`]: open files, libc and poller wrappers;
+//! - [`cache`], [`watch`]: the path and mapped-file caches, change notification.
 
 pub mod cache;
 pub mod codec;
