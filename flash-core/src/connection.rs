@@ -124,7 +124,22 @@ pub struct Connection {
     readable: bool,
     writable: bool,
     pub deadline: Option<Instant>,
+    /// When the connection was accepted or last finished a response.
     last_active: Instant,
+    /// At least one response was completed on it.
+    has_served: bool,
+}
+
+/// How readily a connection is closed to make room for a new client:
+/// lower first, then the longest waiting first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Expendable {
+    /// Costs a slot and gives nothing now: idle keep-alive, or lingering
+    /// after its last response.
+    Idle,
+    /// A request head or body that has not finished arriving (or nothing
+    /// sent at all since it was accepted).
+    Unfinished,
 }
 
 impl Connection {
@@ -152,6 +167,7 @@ impl Connection {
             writable: true,
             deadline: Some(header_deadline),
             last_active: now,
+            has_served: false,
         }
     }
 
@@ -163,6 +179,22 @@ impl Connection {
     pub fn on_ready(&mut self, readable: bool, writable: bool) {
         self.readable |= readable;
         self.writable |= writable;
+    }
+
+    /// Whether (and how readily) this connection may be closed to make room
+    /// for a new client, with the instant it has been waiting since. A
+    /// response in progress is never expendable.
+    pub fn expendable(&self) -> Option<(Expendable, Instant)> {
+        match self.state {
+            State::Lingering => Some((Expendable::Idle, self.last_active)),
+            State::Reading if self.is_idle() && self.has_served => {
+                Some((Expendable::Idle, self.last_active))
+            }
+            State::Reading if !self.response_started => {
+                Some((Expendable::Unfinished, self.last_active))
+            }
+            _ => None,
+        }
     }
 
     /// Lingering: the last response is complete and the write side shut;
@@ -725,6 +757,7 @@ impl Connection {
         self.body = None;
         self.response_started = false;
         self.last_active = ctx.now;
+        self.has_served = true;
         if !self.keep_alive || ctx.shutting_down {
             sys::shutdown_write(self.socket.as_fd());
             self.state = State::Lingering;

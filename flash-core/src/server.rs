@@ -314,6 +314,10 @@ pub struct Server {
     next_serial: u64,
     /// `--max-connections`, or fewer when descriptors do not allow more.
     max_connections: usize,
+    /// Connections closed to make room since the last log line, and when
+    /// the next may be written.
+    shed_since_log: u64,
+    next_room_log: Instant,
     accept_paused: bool,
     accept_resume_at: Option<Instant>,
     /// Connections that used their step budget, driven again next iteration
@@ -438,6 +442,8 @@ impl Server {
             shutdown,
             next_serial: 0,
             max_connections,
+            shed_since_log: 0,
+            next_room_log: now,
             accept_paused: false,
             accept_resume_at: None,
             yielded: Vec::new(),
@@ -580,15 +586,28 @@ impl Server {
 
     fn accept(&mut self, listener: usize) {
         for _ in 0..ACCEPT_BATCH {
-            if self.conns.len() >= self.max_connections {
-                self.pause_accept(None);
-                return;
-            }
+            // At the limit, a connection to close once a client is accepted.
+            let make_room = if self.conns.len() >= self.max_connections {
+                match self.expendable_connection() {
+                    Some(victim) => Some(victim),
+                    None => {
+                        self.pause_accept(None);
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
             let Some(l) = self.listeners.get(listener) else {
                 return;
             };
             match sys::accept_nonblocking(l.as_fd()) {
-                Ok(fd) => self.add_connection(fd),
+                Ok(fd) => {
+                    if let Some(victim) = make_room {
+                        self.close_for_room(victim);
+                    }
+                    self.add_connection(fd)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EMFILE | libc::ENFILE) => {
@@ -605,6 +624,37 @@ impl Server {
                     _ => continue,
                 },
             }
+        }
+    }
+
+    /// At the connection limit, the connection to close for a new client:
+    /// the one that costs most and gives least — idle keep-alive or
+    /// lingering first, then the slowest unfinished request (oldest first),
+    /// never a response in progress. `None` when every connection is busy
+    /// responding.
+    fn expendable_connection(&self) -> Option<usize> {
+        self.conns
+            .iter()
+            // Ties (accepted in one loop iteration) go by accept order.
+            .filter_map(|(k, c)| {
+                c.expendable()
+                    .map(|(kind, since)| (k, (kind, since, c.serial)))
+            })
+            .min_by_key(|&(_, rank)| rank)
+            .map(|(k, _)| k)
+    }
+
+    /// Closes `victim` to make room, logged at most once per interval.
+    fn close_for_room(&mut self, victim: usize) {
+        self.close(victim);
+        self.shed_since_log += 1;
+        if self.ctx.now >= self.next_room_log {
+            warn!(
+                "at the connection limit ({}): closed {} idle or slow connection(s) to make room",
+                self.max_connections, self.shed_since_log
+            );
+            self.shed_since_log = 0;
+            self.next_room_log = self.ctx.now + LOG_INTERVAL;
         }
     }
 
@@ -754,6 +804,11 @@ impl Server {
         }
         if let Some(paths) = &mut self.ctx.paths {
             paths.expire(now);
+        }
+        if self.accept_paused && self.accept_resume_at.is_none() && !self.ctx.shutting_down {
+            // Paused at the limit with every connection busy: look again,
+            // some may have become idle (accept pauses again if not).
+            self.set_accepting(true);
         }
         if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {
             pool.sweep(now, &self.ctx.poller, &mut self.ctx.done);

@@ -13,8 +13,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    assert_closed, connect, random_bytes, read_response, reads_eof, request, signal, Response,
-    Server, TempDir, IO_TIMEOUT,
+    assert_closed, connect, random_bytes, read_response, reads_eof, request, seeded_bytes, signal,
+    Response, Server, TempDir, IO_TIMEOUT,
 };
 
 const SPED: &[&str] = &["--arch", "sped"];
@@ -592,33 +592,84 @@ fn send_timeout_closes_a_stalled_reader() {
 // ---- connection limit --------------------------------------------------------
 
 #[test]
-fn connection_limit_defers_the_third_connection() {
+fn at_the_connection_limit_an_idle_keep_alive_connection_makes_room() {
     let root = ab_root("conn-limit");
     let server = Server::start(root.path(), &["--max-connections", "2"]);
     let (mut w1, mut r1) = connect(&server);
     let (mut w2, mut r2) = connect(&server);
-    // Both accepted: each got an answer.
+    // Both accepted: each got an answer, then idles on keep-alive.
     w1.write_all(&request("GET", "/a.txt", "")).unwrap();
     read_ok(&mut r1, b"content of a");
     w2.write_all(&request("GET", "/a.txt", "")).unwrap();
     read_ok(&mut r2, b"content of a");
+
+    // A third client is served: the idle connection idle longest is closed.
+    let (mut w3, mut r3) = connect(&server);
+    w3.write_all(&request("GET", "/b.txt", "")).unwrap();
+    read_ok(&mut r3, b"content of b, a little longer");
+    assert!(
+        reads_eof(r1.get_mut()),
+        "the oldest idle connection made room"
+    );
+    w2.write_all(&request("GET", "/b.txt", "")).unwrap();
+    read_ok(&mut r2, b"content of b, a little longer");
+}
+
+#[test]
+fn at_the_connection_limit_responses_in_progress_are_never_closed_for_room() {
+    let root = ab_root("conn-limit-busy");
+    let big = seeded_bytes(8 << 20, 5);
+    root.write("big.bin", &big);
+    let server = Server::start(root.path(), &["--max-connections", "2"]);
+    // Two downloads that stall: the clients do not read.
+    let (mut w1, r1) = connect(&server);
+    let (mut w2, mut r2) = connect(&server);
+    w1.write_all(&request("GET", "/big.bin", "")).unwrap();
+    w2.write_all(&request("GET", "/big.bin", "")).unwrap();
+    // Both started: a first byte of each response arrived.
+    for r in [&r1, &r2] {
+        let mut byte = [0u8; 1];
+        let mut stream = r.get_ref();
+        stream.read_exact(&mut byte).expect("the download started");
+    }
 
     let (mut w3, mut r3) = connect(&server);
     w3.write_all(&request("GET", "/b.txt", "")).unwrap();
     assert_silent(
         &mut r3,
         Duration::from_millis(500),
-        "a third connection must not be served while 2 are open",
+        "a third connection must wait while both slots send responses",
     );
 
-    // Closing one of the first two lets the third in.
+    // A download finishing (its client gone) lets the third in.
     drop(w1);
     drop(r1);
     r3.get_ref().set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     read_ok(&mut r3, b"content of b, a little longer");
-    // The remaining first connection still works.
-    w2.write_all(&request("GET", "/b.txt", "")).unwrap();
-    read_ok(&mut r2, b"content of b, a little longer");
+    // The other download was never cut: it completes.
+    let body = read_response_rest(&mut r2);
+    assert!(body == big, "the download completes with the file's bytes");
+}
+
+/// The body of a response whose first byte (of the head) was already read.
+fn read_response_rest(r: &mut BufReader<TcpStream>) -> Vec<u8> {
+    r.get_ref().set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        r.read_exact(&mut byte).expect("head");
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = text
+        .split("content-length:")
+        .nth(1)
+        .and_then(|v| v.split("\r\n").next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).expect("body");
+    body
 }
 
 // ---- graceful shutdown ------------------------------------------------------------
