@@ -651,7 +651,7 @@ impl HelperPool {
                 // itself. Ignored dispositions survive exec. (Not a process
                 // group of their own: that would make helpers writing to
                 // the terminal background jobs, stopped under `tostop`.)
-                sys::ignore_terminal_signals_in_child();
+                sys::ignore_terminal_signals();
                 // Keep the inotify instance out of the way of fd 3 first.
                 let watch = match watch_fd {
                     Some(fd) if fd == HELPER_SOCKET_FD => Some(sys::dup_in_child(fd)?),

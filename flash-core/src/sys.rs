@@ -177,9 +177,10 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Ignores SIGINT and SIGQUIT, in a child between fork and exec (the
-/// disposition survives exec). Async-signal-safe.
-pub fn ignore_terminal_signals_in_child() {
+/// Ignores SIGINT and SIGQUIT, the signals a terminal sends its foreground
+/// process group (Ctrl-C, Ctrl-\\). Async-signal-safe, so usable in a child
+/// between fork and exec (the disposition survives exec).
+pub fn ignore_terminal_signals() {
     for sig in [libc::SIGINT, libc::SIGQUIT] {
         // SAFETY: signal(2) is async-signal-safe; SIG_IGN runs no code.
         unsafe { libc::signal(sig, libc::SIG_IGN) };

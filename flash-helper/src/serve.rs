@@ -36,7 +36,8 @@ pub struct Options {
 /// exit statuses.
 pub fn run(root: &Path, options: Options, socket_fd: RawFd) -> anyhow::Result<ExitCode> {
     set_parent_death_signal()?;
-    ignore_terminal_signals();
+    // The server sets this before exec; this covers a helper started by hand.
+    sys::ignore_terminal_signals();
     let sock = adopt_socket(socket_fd)?;
     let watch = options.watch_fd.map(adopt_watch_fd).transpose()?;
     // PR_SET_PDEATHSIG only covers a parent that dies from now on. The main
@@ -164,16 +165,6 @@ fn is_hang_up(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
     )
-}
-
-/// Ignores the signals a terminal sends to its foreground process group
-/// (Ctrl-C, Ctrl-\): the server stops its helpers itself. (Helpers also run
-/// in their own process group; this covers a helper started by hand.)
-fn ignore_terminal_signals() {
-    for sig in [libc::SIGINT, libc::SIGQUIT] {
-        // SAFETY: SIG_IGN is a valid disposition; no handler code runs.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
-    }
 }
 
 /// Takes ownership of the inherited inotify descriptor, close-on-exec.

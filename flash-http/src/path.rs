@@ -172,27 +172,7 @@ pub fn is_hidden(path: &str) -> bool {
 /// ```
 pub fn percent_encode_path(path: &str) -> Cow<'_, str> {
     fn keep(b: u8) -> bool {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'/'
-            )
+        is_unreserved_or_sub_delim(b) || matches!(b, b':' | b'@' | b'/')
     }
     if path.bytes().all(keep) {
         return Cow::Borrowed(path);
@@ -209,6 +189,29 @@ pub fn percent_encode_path(path: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// RFC 3986 `unreserved` or `sub-delims`: the bytes a path segment or a
+/// host name may carry unencoded.
+pub(crate) fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::fmt;
 use std::mem::MaybeUninit;
 use std::time::UNIX_EPOCH;
 
-use crate::path::normalize_path;
+use crate::path::{is_unreserved_or_sub_delim, normalize_path};
 use crate::response::Status;
 
 /// Size of the stack array of `httparse` header slots. `Limits::max_headers`
@@ -469,28 +469,6 @@ fn valid_authority(a: &[u8]) -> bool {
         Some(_) => false,
     };
     host_ok && port_ok
-}
-
-/// RFC 3986 unreserved or sub-delims.
-fn is_unreserved_or_sub_delim(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-        )
 }
 
 /// RFC 3986 reg-name: `*( unreserved / pct-encoded / sub-delims )`.

@@ -524,6 +524,39 @@ pub fn proc_state(pid: u32) -> Option<char> {
 
 /// Whether `pid` is still a running process (a zombie has exited: it only
 /// waits for its parent to collect the status).
+/// Starts `GET path` (`Connection: close`) on a connection with a 4 KiB
+/// receive buffer, so the server is left holding most of a large response,
+/// and reads the head: returns the reader, at the first body byte, and the
+/// `Content-Length`. Panics unless the status is 200.
+pub fn start_slow_download(server: &Server, path: &str) -> (BufReader<TcpStream>, usize) {
+    let stream = connect_small_rcvbuf(server.addr, 4096);
+    (&stream)
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("send request");
+    let mut reader = BufReader::with_capacity(4096, stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 200"), "GET {path}: {line:?}");
+    let mut content_length = None;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header line");
+        assert!(!line.is_empty(), "the connection closed in the head");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            if n.eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse().ok();
+            }
+        }
+    }
+    (reader, content_length.expect("Content-Length"))
+}
+
 /// The C form of an IPv4 socket address, for raw `connect` calls.
 pub fn sockaddr_in(v4: &std::net::SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {

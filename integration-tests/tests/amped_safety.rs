@@ -3,13 +3,13 @@
 //! server; nothing outside the document root is ever served, whether reached by a symlink
 //! or by `..` in any spelling; a FIFO in the tree is refused at once instead of blocking.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{connect_small_rcvbuf, get, Server, TempDir, IO_TIMEOUT};
+use integration_tests::harness::{get, start_slow_download, Server, TempDir, IO_TIMEOUT};
 
 const SENTINEL: &[u8] = b"SENTINEL-outside-the-root-7f3a9c";
 const BIG: usize = 64 * 1024 * 1024;
@@ -91,29 +91,8 @@ fn truncate_while_downloading(arch: &str) {
     root.write("other.bin", &other);
     let server = Server::start(root.path(), &["--arch", arch]);
 
-    let stream = connect_small_rcvbuf(server.addr, 4096);
-    (&stream)
-        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reader = BufReader::with_capacity(4096, stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("status line");
-    assert!(line.starts_with("HTTP/1.1 200"), "GET /big.bin: {line:?}");
-    let mut content_length = None;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).expect("header line");
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            if n.eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse::<usize>().ok();
-            }
-        }
-    }
-    assert_eq!(content_length, Some(BIG), "Content-Length of big.bin");
+    let (mut reader, content_length) = start_slow_download(&server, "/big.bin");
+    assert_eq!(content_length, BIG, "Content-Length of big.bin");
     // Read a little, slowly enough that the server is stuck with most of the file.
     let mut prefix = vec![0u8; 256 * 1024];
     reader

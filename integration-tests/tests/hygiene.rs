@@ -3,14 +3,14 @@
 //! body timeout, Ctrl-C ends the server and its helpers quietly, and the
 //! helpers do not outlive a main process that was killed.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    connect_small_rcvbuf, get, proc_state, process_alive, raise_nofile_limit, read_response,
-    seeded_bytes, signal, sockaddr_in, still_running, wait_until, Launch, Server, TempDir,
+    get, proc_state, process_alive, raise_nofile_limit, read_response, seeded_bytes, signal,
+    sockaddr_in, start_slow_download, still_running, wait_until, Launch, Server, TempDir,
     IO_TIMEOUT,
 };
 
@@ -344,17 +344,7 @@ fn ctrl_c(download: bool) {
     assert_eq!(get(&server, "/a.txt").status, 200);
     let helpers = await_helpers(&server, 8);
     let mut reader = download.then(|| {
-        let stream = connect_small_rcvbuf(server.addr, 4096);
-        (&stream)
-            .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut reader = BufReader::with_capacity(4096, stream);
-        let mut line = String::new();
-        while line != "\r\n" {
-            line.clear();
-            reader.read_line(&mut line).expect("response head");
-            assert!(!line.is_empty(), "the connection closed in the head");
-        }
+        let (mut reader, _) = start_slow_download(&server, "/big.bin");
         let mut first = vec![0u8; 64 * 1024];
         reader.read_exact(&mut first).expect("start of the body");
         (reader, first)

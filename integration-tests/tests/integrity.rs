@@ -13,13 +13,13 @@
 //! slowly (a small receive buffer, reading paused) when it is truncated,
 //! replaced by rename, deleted or made unreadable.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    connect_small_rcvbuf, foreign_byte, is_root, seeded_bytes, Server, TempDir, IO_TIMEOUT,
+    foreign_byte, is_root, seeded_bytes, start_slow_download, Server, TempDir, IO_TIMEOUT,
 };
 
 /// The server's default path-cache TTL: checks must finish within it.
@@ -289,35 +289,14 @@ struct Download {
 }
 
 fn start_download(server: &Server) -> Download {
-    let stream = connect_small_rcvbuf(server.addr, 4096);
-    (&stream)
-        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reader = BufReader::with_capacity(4096, stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("status line");
-    assert!(line.starts_with("HTTP/1.1 200"), "GET /big.bin: {line:?}");
-    let mut content_length = None;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).expect("header line");
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            if n.eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse().ok();
-            }
-        }
-    }
+    let (mut reader, content_length) = start_slow_download(server, "/big.bin");
     let mut received = vec![0u8; PREFIX];
     reader
         .read_exact(&mut received)
         .expect("first part of the body");
     Download {
         reader,
-        content_length: content_length.expect("Content-Length"),
+        content_length,
         received,
     }
 }
