@@ -37,6 +37,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Time a response may go without progress.
     pub send_timeout: Duration,
+    /// Bytes per second a client must at least read of a response, averaged
+    /// over `send_rate_window` (0: no minimum; only `send_timeout` applies).
+    pub min_send_rate: u64,
+    /// The window over which `min_send_rate` is measured.
+    pub send_rate_window: Duration,
     /// Time in-flight responses get to finish after a shutdown request.
     pub shutdown_timeout: Duration,
     /// Connections served at once; accepting pauses at the limit.
@@ -89,6 +94,8 @@ impl Config {
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            min_send_rate: 1024,
+            send_rate_window: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             residency_budget: 256 << 20,

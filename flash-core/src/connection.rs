@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::mem;
 use std::net::TcpStream;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -101,6 +101,96 @@ struct Body {
     rest: VecDeque<Segment>,
 }
 
+/// How the response being sent advances: the send timeout closes a client
+/// that takes nothing at all, the minimum send rate one that takes too
+/// little over a window (it would hold a descriptor and kernel buffers for
+/// as long as it likes).
+#[derive(Clone, Copy, Debug)]
+struct SendProgress {
+    /// Close if nothing more is written by then.
+    stall_at: Instant,
+    /// The rate window, begun when the response first had to wait for the
+    /// client (most responses never do, and never pay for the measure).
+    window: Option<RateWindow>,
+}
+
+/// Start of a rate window, and the bytes the client had acknowledged then.
+/// Acknowledged, not written: a client reading slowly frees socket buffer
+/// space (and so lets the server write) only in large steps, so what was
+/// written says little about the rate it reads at.
+#[derive(Clone, Copy, Debug)]
+struct RateWindow {
+    start: Instant,
+    acked: u64,
+}
+
+/// Why a client reading a response was cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowReader {
+    /// Nothing written for `--send-timeout`.
+    Stalled,
+    /// Less than `--min-send-rate` acknowledged over `--send-rate-window`.
+    BelowMinRate,
+}
+
+impl SendProgress {
+    fn new(now: Instant, stall_after: std::time::Duration) -> SendProgress {
+        SendProgress {
+            stall_at: now + stall_after,
+            window: None,
+        }
+    }
+
+    /// When the connection must be looked at if nothing more is written.
+    fn deadline(&self, config: &crate::Config) -> Instant {
+        match self.window {
+            Some(w) if config.min_send_rate > 0 => {
+                self.stall_at.min(w.start + config.send_rate_window)
+            }
+            _ => self.stall_at,
+        }
+    }
+
+    /// Bytes were written at `now`.
+    fn wrote(&mut self, now: Instant, config: &crate::Config) {
+        self.stall_at = now + config.send_timeout;
+    }
+
+    /// The response waits for the client to take bytes: the rate window
+    /// starts if it has not.
+    fn waiting(&mut self, now: Instant, sock: BorrowedFd<'_>, config: &crate::Config) {
+        if self.window.is_none() && config.min_send_rate > 0 {
+            self.window = sys::bytes_acked(sock).map(|acked| RateWindow { start: now, acked });
+        }
+    }
+
+    /// Whether the client keeps up at `now`; a window that ended is judged
+    /// and, if it passed, a new one begins.
+    fn check(
+        &mut self,
+        now: Instant,
+        sock: BorrowedFd<'_>,
+        config: &crate::Config,
+    ) -> Result<(), SlowReader> {
+        if now >= self.stall_at {
+            return Err(SlowReader::Stalled);
+        }
+        let window = config.send_rate_window;
+        let Some(w) = self.window.filter(|w| now >= w.start + window) else {
+            return Ok(());
+        };
+        let Some(acked) = sys::bytes_acked(sock) else {
+            return Ok(());
+        };
+        let needed = config.min_send_rate as f64 * window.as_secs_f64();
+        if (acked.saturating_sub(w.acked) as f64) < needed {
+            return Err(SlowReader::BelowMinRate);
+        }
+        self.window = Some(RateWindow { start: now, acked });
+        Ok(())
+    }
+}
+
 pub struct Connection {
     socket: TcpStream,
     pub serial: u64,
@@ -124,6 +214,8 @@ pub struct Connection {
     readable: bool,
     writable: bool,
     pub deadline: Option<Instant>,
+    /// Progress of the response being sent (meaningful in `Sending`).
+    progress: SendProgress,
     /// When the connection was accepted or last finished a response.
     last_active: Instant,
     /// At least one response was completed on it.
@@ -166,6 +258,7 @@ impl Connection {
             readable: false,
             writable: true,
             deadline: Some(header_deadline),
+            progress: SendProgress::new(now, std::time::Duration::ZERO),
             last_active: now,
             has_served: false,
         }
@@ -250,9 +343,32 @@ impl Connection {
         {
             debug!("request head or body timeout");
             self.respond_fatal(ctx, Status::REQUEST_TIMEOUT);
-            self.deadline = Some(ctx.now + ctx.config.send_timeout.min(LINGER));
+            // The 408 gets the linger time to leave, not a full send timeout.
+            self.progress = SendProgress::new(ctx.now, ctx.config.send_timeout.min(LINGER));
+            self.deadline = Some(self.progress.deadline(&ctx.config));
             return Flow::Keep;
         }
+        if self.state == State::Sending {
+            return match self
+                .progress
+                .check(ctx.now, self.socket.as_fd(), &ctx.config)
+            {
+                Ok(()) => {
+                    self.deadline = Some(self.progress.deadline(&ctx.config));
+                    Flow::Keep
+                }
+                Err(why) => self.cut_off(ctx, why),
+            };
+        }
+        Flow::Close
+    }
+
+    /// Closes a client that does not read its response (fast enough), with
+    /// a reset so the kernel frees the unsent bytes at once.
+    fn cut_off(&mut self, ctx: &mut Ctx, why: SlowReader) -> Flow {
+        debug!("closing a slow reader: {why:?}");
+        sys::reset_on_close(self.socket.as_fd());
+        ctx.note_slow_reader(why);
         Flow::Close
     }
 
@@ -401,10 +517,12 @@ impl Connection {
     }
 
     /// A helper brought the pages up to `until` into memory.
-    pub fn on_pages_ready(&mut self, until: u64) {
+    pub fn on_pages_ready(&mut self, ctx: &Ctx, until: u64) {
         if self.state != State::AwaitingPages {
             return;
         }
+        // The wait was the disk's, not the client's: its clocks start anew.
+        self.progress = SendProgress::new(ctx.now, ctx.config.send_timeout);
         if let Some(body) = &mut self.body {
             // Trust the helper for this window without asking again: a file
             // truncated meanwhile then ends the send instead of looping.
@@ -437,10 +555,16 @@ impl Connection {
     // ---- building responses --------------------------------------------
 
     /// Consumes the head (and schedules the body discard) of the request now answered.
-    fn consume_request(&mut self, req: &Request<'_>) {
+    fn consume_request(&mut self, ctx: &Ctx, req: &Request<'_>) {
         self.read_start += req.head_len;
         self.discard = req.body_len;
+        self.start_sending(ctx);
+    }
+
+    /// A response is ready: the send timeout and rate window start now.
+    fn start_sending(&mut self, ctx: &Ctx) {
         self.state = State::Sending;
+        self.progress = SendProgress::new(ctx.now, ctx.config.send_timeout);
     }
 
     fn respond_simple(
@@ -452,7 +576,7 @@ impl Connection {
     ) {
         self.keep_alive = req.keep_alive && !ctx.shutting_down;
         self.respond_error(ctx, status, extra, req.method == Method::Head);
-        self.consume_request(req);
+        self.consume_request(ctx, req);
     }
 
     /// An error after which the connection closes (it says so in its head).
@@ -477,7 +601,7 @@ impl Connection {
             extra,
             head_only,
         );
-        self.state = State::Sending;
+        self.start_sending(ctx);
     }
 
     fn respond(&mut self, ctx: &mut Ctx, req: &Request<'_>, found: Lookup) {
@@ -523,7 +647,7 @@ impl Connection {
                 head_only,
             ),
         }
-        self.consume_request(req);
+        self.consume_request(ctx, req);
     }
 
     fn respond_file(
@@ -732,15 +856,24 @@ impl Connection {
         match result {
             Ok(_) => {
                 self.response_started = true;
-                self.deadline = Some(ctx.now + ctx.config.send_timeout);
+                self.progress.wrote(ctx.now, &ctx.config);
+                if let Err(why) = self
+                    .progress
+                    .check(ctx.now, self.socket.as_fd(), &ctx.config)
+                {
+                    self.cut_off(ctx, why);
+                    return Step::Close;
+                }
+                self.deadline = Some(self.progress.deadline(&ctx.config));
                 Step::Continue
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.writable = false;
-                // Waiting for the client to read: the send timeout runs even
-                // if nothing was written yet for this response.
-                self.deadline
-                    .get_or_insert(ctx.now + ctx.config.send_timeout);
+                // Waiting for the client to read: the send timeout (and the
+                // rate window) run even if nothing was written yet.
+                self.progress
+                    .waiting(ctx.now, self.socket.as_fd(), &ctx.config);
+                self.deadline = Some(self.progress.deadline(&ctx.config));
                 Step::Wait
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Continue,

@@ -17,7 +17,7 @@ use slab::Slab;
 
 use crate::cache::{Cached, MapCache, PathCache, PathHit, PathLimits};
 use crate::config::{Arch, Config};
-use crate::connection::{Connection, Flow, Lookup};
+use crate::connection::{Connection, Flow, Lookup, SlowReader};
 use crate::file::OpenFile;
 use crate::fs::{FsError, Resolution, Resolver};
 use crate::pool::{Completion, Found, FoundFile, HelperPool, JobKind, Outcome, PoolConfig, Waiter};
@@ -53,6 +53,34 @@ const CACHE_DESCRIPTOR_SHARE: usize = 4;
 /// Share of `vm.max_map_count` the mapped-file cache may use, and its cap.
 const MAP_COUNT_SHARE: usize = 16;
 const MAX_MAPPINGS: usize = 1024;
+
+/// Counts events that could each be logged (running out of descriptors,
+/// shedding connections, cutting off slow readers) so one line sums them,
+/// written at most once per `LOG_INTERVAL`.
+struct LogThrottle {
+    pending: u64,
+    next: Instant,
+}
+
+impl LogThrottle {
+    fn new(now: Instant) -> LogThrottle {
+        LogThrottle {
+            pending: 0,
+            next: now,
+        }
+    }
+
+    /// Counts one event; `Some(events since the last line)` when a line may
+    /// be written now.
+    fn count(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        if now < self.next {
+            return None;
+        }
+        self.next = now + LOG_INTERVAL;
+        Some(mem::take(&mut self.pending))
+    }
+}
 
 /// What resolving a path found (from a helper, or inline).
 pub enum Resolved {
@@ -95,8 +123,10 @@ pub struct Ctx {
     pub maps: MapCache,
     /// Loop iterations so far (memoises answers within one iteration).
     pub tick: u64,
-    /// When running out of descriptors may be logged again.
-    next_shed_log: Instant,
+    /// Times the process ran out of descriptors.
+    shed_log: LogThrottle,
+    /// Clients cut off for reading too slowly.
+    slow_reader_log: LogThrottle,
 }
 
 impl Ctx {
@@ -259,9 +289,17 @@ impl Ctx {
     /// be opened again), logged at most once per interval.
     pub fn shed_descriptors(&mut self) {
         let closed = self.paths.as_mut().map_or(0, PathCache::shed_descriptors);
-        if self.now >= self.next_shed_log {
-            warn!("out of descriptors: closed {closed} cached file(s); accepting pauses briefly");
-            self.next_shed_log = self.now + LOG_INTERVAL;
+        if let Some(times) = self.shed_log.count(self.now) {
+            warn!("out of descriptors ({times} time(s) since the last report): closed {closed} cached file(s); accepting pauses briefly");
+        }
+    }
+
+    /// A client was cut off for not reading its response (fast enough),
+    /// logged at most once per interval.
+    pub fn note_slow_reader(&mut self, why: SlowReader) {
+        if let Some(count) = self.slow_reader_log.count(self.now) {
+            let (rate, window) = (self.config.min_send_rate, self.config.send_rate_window);
+            warn!("closed {count} slow reader(s) (latest: {why:?}; minimum {rate} bytes/s over {window:?}, send timeout {:?})", self.config.send_timeout);
         }
     }
 
@@ -316,8 +354,8 @@ pub struct Server {
     max_connections: usize,
     /// Connections closed to make room since the last log line, and when
     /// the next may be written.
-    shed_since_log: u64,
-    next_room_log: Instant,
+    /// Connections closed to make room at the limit.
+    room_log: LogThrottle,
     accept_paused: bool,
     accept_resume_at: Option<Instant>,
     /// Connections that used their step budget, driven again next iteration
@@ -436,14 +474,14 @@ impl Server {
                 paths,
                 maps: MapCache::new(map_cache_bytes, max_mappings),
                 tick: 0,
-                next_shed_log: now,
+                shed_log: LogThrottle::new(now),
+                slow_reader_log: LogThrottle::new(now),
             },
             listeners,
             shutdown,
             next_serial: 0,
             max_connections,
-            shed_since_log: 0,
-            next_room_log: now,
+            room_log: LogThrottle::new(now),
             accept_paused: false,
             accept_resume_at: None,
             yielded: Vec::new(),
@@ -647,14 +685,11 @@ impl Server {
     /// Closes `victim` to make room, logged at most once per interval.
     fn close_for_room(&mut self, victim: usize) {
         self.close(victim);
-        self.shed_since_log += 1;
-        if self.ctx.now >= self.next_room_log {
+        if let Some(closed) = self.room_log.count(self.ctx.now) {
             warn!(
-                "at the connection limit ({}): closed {} idle or slow connection(s) to make room",
-                self.max_connections, self.shed_since_log
+                "at the connection limit ({}): closed {closed} idle or slow connection(s) to make room",
+                self.max_connections
             );
-            self.shed_since_log = 0;
-            self.next_room_log = self.ctx.now + LOG_INTERVAL;
         }
     }
 
@@ -754,8 +789,8 @@ impl Server {
                     residency.note_loaded(&file.meta, offset, offset + len);
                 }
                 for w in waiters {
-                    self.resume(w, |conn, _| {
-                        conn.on_pages_ready(offset + len);
+                    self.resume(w, |conn, ctx| {
+                        conn.on_pages_ready(ctx, offset + len);
                         Flow::Keep
                     });
                 }

@@ -144,6 +144,51 @@ pub fn shutdown_write(sock: BorrowedFd<'_>) {
     unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) };
 }
 
+/// Makes the coming `close` of `sock` abort the connection (RST) instead of
+/// queueing a FIN behind unsent data: the kernel then frees the socket's
+/// buffers at once rather than keeping an orphan that a client which never
+/// reads could hold for minutes (nginx's `reset_timedout_connection`).
+pub fn reset_on_close(sock: BorrowedFd<'_>) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the option value points to a live `linger` of the size passed.
+    // An error (socket already reset by the peer) needs no handling: the
+    // socket is closing anyway.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Bytes of what was written to `sock` that the peer has acknowledged
+/// (`tcpi_bytes_acked` of `TCP_INFO`, Linux 4.1+): what a client has
+/// actually taken, unlike what was written, which the socket buffer may
+/// hold for a long time. `None` if the kernel does not say.
+pub fn bytes_acked(sock: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
+}
+
 /// Turns off Nagle's algorithm: responses are written whole, so there is no
 /// small-write pattern to coalesce, and delaying them costs latency.
 pub fn set_nodelay(sock: BorrowedFd<'_>) -> io::Result<()> {

@@ -84,6 +84,14 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     send_timeout: Duration,
 
+    /// Bytes per second a client must read of a response, averaged over --send-rate-window ("1K", "1K/s"; 0: no minimum).
+    #[arg(long, value_name = "RATE", default_value = "1K/s", value_parser = parse_rate)]
+    min_send_rate: u64,
+
+    /// The window over which --min-send-rate is measured.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    send_rate_window: Duration,
+
     /// Time in-flight responses get to finish on SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
@@ -301,6 +309,8 @@ fn engine_config(cli: &Cli, root: PathBuf, helper_path: PathBuf) -> Config {
     config.body_timeout = cli.body_timeout.unwrap_or(cli.header_timeout);
     config.idle_timeout = cli.idle_timeout;
     config.send_timeout = cli.send_timeout;
+    config.min_send_rate = cli.min_send_rate;
+    config.send_rate_window = cli.send_rate_window;
     config.shutdown_timeout = cli.shutdown_timeout;
     config.max_connections = cli.max_connections.max(1);
     config.residency_budget = cli.residency_budget;
@@ -373,6 +383,11 @@ fn parse_index_names(text: &str) -> Result<IndexNames, String> {
     Ok(IndexNames(names))
 }
 
+/// A size per second: "1K/s", "512", "1M/s" ("/s" optional).
+fn parse_rate(text: &str) -> Result<u64, String> {
+    parse_size(text.strip_suffix("/s").unwrap_or(text))
+}
+
 /// "16384", "16K", "1M", "2G" (binary multiples).
 fn parse_size(text: &str) -> Result<u64, String> {
     let (number, shift) = match text.char_indices().last() {
@@ -403,6 +418,9 @@ mod tests {
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert_eq!(parse_size("42"), Ok(42));
         assert!(parse_size("x").is_err());
+        assert_eq!(parse_rate("1K/s"), Ok(1024));
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert!(parse_rate("1K/m").is_err());
     }
 
     #[test]
