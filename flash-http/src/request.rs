@@ -143,7 +143,7 @@ pub enum RequestError {
     HeaderFieldsTooLarge,
     /// 413 (body to discard is over the limit)
     PayloadTooLarge,
-    /// 501 (unknown method token, unsupported transfer coding)
+    /// 501 (unknown method token, a chunked request body)
     NotImplemented,
     /// 505
     VersionNotSupported,
@@ -521,6 +521,34 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     }
 }
 
+/// The transfer codings of a request's `Transfer-Encoding` field lines, as
+/// one list (RFC 9110 5.3), reduced to what framing needs.
+#[derive(Default)]
+struct TransferCodings {
+    /// Some `Transfer-Encoding` line was present (even an empty one).
+    present: bool,
+    /// The last coding is `chunked` and no coding, `chunked` included,
+    /// came after an earlier `chunked` (RFC 9112 7.1: chunked once, last).
+    chunked_last: bool,
+    /// A coding followed `chunked`: the framing is invalid whatever comes next.
+    broken: bool,
+}
+
+impl TransferCodings {
+    fn add(&mut self, value: &str) {
+        self.present = true;
+        for coding in value.split(',').map(|c| c.trim_matches([' ', '\t'])) {
+            if coding.is_empty() {
+                continue;
+            }
+            if self.chunked_last {
+                self.broken = true;
+            }
+            self.chunked_last = !self.broken && coding.eq_ignore_ascii_case("chunked");
+        }
+    }
+}
+
 /// Applies the HTTP/1.1 rules to a head httparse found complete.
 fn build<'buf>(
     method: &'buf str,
@@ -550,7 +578,7 @@ fn build<'buf>(
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
+    let mut transfer_encoding = TransferCodings::default();
     let mut if_match = None;
     let mut if_none_match = None;
     let mut if_modified_since = None;
@@ -584,7 +612,7 @@ fn build<'buf>(
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
+            transfer_encoding.add(value_str(h.value)?);
         } else if name.eq_ignore_ascii_case("if-match") {
             set_once(&mut if_match, h.value, "repeated If-Match")?;
         } else if name.eq_ignore_ascii_case("if-none-match") {
@@ -614,11 +642,21 @@ fn build<'buf>(
     if hosts > 1 {
         return Err(bad("more than one Host header"));
     }
-    // Request smuggling defence (RFC 9112 6.1): both framings at once is an error.
-    if transfer_encoding && content_length.is_some() {
-        return Err(bad("both Transfer-Encoding and Content-Length"));
-    }
-    if transfer_encoding {
+    if transfer_encoding.present {
+        // Request smuggling defence (RFC 9112 6.1): both framings at once is an error.
+        if content_length.is_some() {
+            return Err(bad("both Transfer-Encoding and Content-Length"));
+        }
+        // RFC 9112 6.1: in HTTP/1.0 the framing is faulty.
+        if version == Version::Http10 {
+            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        // RFC 9112 6.3: unless chunked is the final coding (and applied
+        // once, 7.1) the body's length cannot be known: 400, not 501.
+        if !transfer_encoding.chunked_last {
+            return Err(bad("Transfer-Encoding does not end in chunked"));
+        }
+        // A chunked body: readable framing, but not implemented here.
         return Err(RequestError::NotImplemented);
     }
     let body_len = content_length.unwrap_or(0);
@@ -1223,6 +1261,64 @@ mod tests {
         assert!(is_400(err(
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\ntransfer-encoding: gzip\r\n\r\n"
         )));
+    }
+
+    #[test]
+    fn transfer_encoding_without_final_chunked_is_400() {
+        // RFC 9112 6.3: a request whose Transfer-Encoding does not end in
+        // chunked has no reliable length: 400 (then close), not 501.
+        for te in [
+            "gzip",
+            "identity",
+            "xchunked",
+            "chunked, gzip",
+            "chunked, identity",
+            "chunked;x=1",
+            "chunked, chunked",
+            "",
+            " , ",
+        ] {
+            let buf = format!("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n");
+            let e = err(buf.as_bytes());
+            assert!(is_400(e), "{te:?}: {e:?}");
+        }
+        // Across field lines the codings are one list (RFC 9110 5.3).
+        for lines in [
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            let buf = format!("GET / HTTP/1.1\r\nHost: x\r\n{lines}\r\n");
+            let e = err(buf.as_bytes());
+            assert!(is_400(e), "{lines:?}: {e:?}");
+        }
+        // Chunked last: a framing we could read but do not implement.
+        for lines in [
+            "Transfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: CHUNKED\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: gzip,,chunked \r\n",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            // Empty list elements (an empty line too) are no codings.
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding:\r\n",
+        ] {
+            let buf = format!("POST / HTTP/1.1\r\nHost: x\r\n{lines}\r\n");
+            assert_eq!(
+                err(buf.as_bytes()),
+                RequestError::NotImplemented,
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_on_http10_is_400() {
+        // RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means the
+        // framing is faulty.
+        for te in ["chunked", "gzip, chunked"] {
+            let buf = format!("POST / HTTP/1.0\r\nTransfer-Encoding: {te}\r\n\r\n");
+            let e = err(buf.as_bytes());
+            assert!(is_400(e), "{te:?}: {e:?}");
+        }
     }
 
     #[test]
