@@ -79,7 +79,29 @@ pub const DEFAULT_HELPERS: usize = 8;
 /// Directory index names when the embedder does not say.
 pub const DEFAULT_INDEX_NAMES: [&str; 2] = ["index.html", "index.htm"];
 
+/// The longest any timeout may be: far beyond any use, and short enough
+/// that a deadline (`Instant` + timeout) cannot overflow the clock.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 impl Config {
+    /// The configuration with every duration capped at [`MAX_TIMEOUT`]
+    /// (applied by `Server::new`, so no embedder can make a deadline panic).
+    pub fn with_timeouts_capped(mut self) -> Config {
+        for d in [
+            &mut self.helper_timeout,
+            &mut self.header_timeout,
+            &mut self.body_timeout,
+            &mut self.idle_timeout,
+            &mut self.send_timeout,
+            &mut self.send_rate_window,
+            &mut self.shutdown_timeout,
+            &mut self.path_freshness,
+        ] {
+            *d = (*d).min(MAX_TIMEOUT);
+        }
+        self
+    }
+
     /// Defaults for everything but the root and helper path.
     pub fn new(root: PathBuf, helper_path: PathBuf) -> Config {
         Config {

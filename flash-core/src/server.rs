@@ -352,8 +352,6 @@ pub struct Server {
     next_serial: u64,
     /// `--max-connections`, or fewer when descriptors do not allow more.
     max_connections: usize,
-    /// Connections closed to make room since the last log line, and when
-    /// the next may be written.
     /// Connections closed to make room at the limit.
     room_log: LogThrottle,
     accept_paused: bool,
@@ -372,6 +370,7 @@ impl Server {
         listeners: Vec<TcpListener>,
         shutdown: Option<OwnedFd>,
     ) -> io::Result<Server> {
+        let config = config.with_timeouts_capped();
         if listeners.len() > HELPER_BASE - LISTENER_BASE || config.helpers > CONN_BASE - HELPER_BASE
         {
             return Err(io::Error::new(

@@ -13,8 +13,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    assert_closed, connect, random_bytes, read_response, reads_eof, request, seeded_bytes, signal,
-    Response, Server, TempDir, IO_TIMEOUT,
+    assert_closed, connect, get, random_bytes, read_response, reads_eof, request, seeded_bytes,
+    signal, Response, Server, TempDir, IO_TIMEOUT,
 };
 
 const SPED: &[&str] = &["--arch", "sped"];
@@ -795,4 +795,29 @@ fn shutdown_with_only_idle_connections_is_prompt() {
         "idle connections must not hold shutdown for the shutdown timeout ({:?})",
         start.elapsed()
     );
+}
+
+/// Timeouts far beyond any use (here 10^19 s) are capped, not added to the
+/// clock as they are: `Instant + Duration` would overflow and panic at the
+/// first request.
+#[test]
+fn absurdly_long_timeouts_are_capped_instead_of_overflowing_the_clock() {
+    let root = TempDir::new("huge-timeouts");
+    root.write("a.txt", "aaa");
+    let huge = "10000000000000000000";
+    let mut args = Vec::new();
+    for flag in [
+        "--header-timeout",
+        "--body-timeout",
+        "--idle-timeout",
+        "--send-timeout",
+        "--helper-timeout",
+        "--send-rate-window",
+        "--path-cache-ttl",
+    ] {
+        args.extend([flag, huge]);
+    }
+    let mut server = Server::start(root.path(), &args);
+    assert_eq!(get(&server, "/a.txt").body, b"aaa");
+    assert!(server.is_running(), "the server died after a request");
 }
