@@ -647,7 +647,7 @@ fn a_hung_job_under_load_fails_its_coalesced_clients_only() {
         });
         // Let the load get going.
         assert!(
-            wait_until(Duration::from_secs(10), || counts.get(&counts.good) >= 50),
+            wait_until(HEAL_DEADLINE, || counts.get(&counts.good) >= 50),
             "the load did not start"
         );
         let send_hung = || {
@@ -662,7 +662,7 @@ fn a_hung_job_under_load_fails_its_coalesced_clients_only() {
         first_sent = Instant::now();
         let mut clients = vec![send_hung()];
         assert!(
-            wait_until(Duration::from_secs(10), || slow.reads_of("hang.bin") >= 1),
+            wait_until(HEAL_DEADLINE, || slow.reads_of("hang.bin") >= 1),
             "the read of hang.bin never reached the disk"
         );
         // The helper is held in the disk read: the others join its job.
