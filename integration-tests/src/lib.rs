@@ -4,4 +4,5 @@
 //! ([`slowfs`], binary `flash-slowfs`).
 
 pub mod harness;
+pub mod load;
 pub mod slowfs;

@@ -10,6 +10,9 @@
 //! // dropping `slow` unmounts and reaps flash-slowfs
 //! ```
 //!
+//! A disk that hangs on one file until released ([`SlowFs::mount_with_hangs`]): reads of
+//! the named files block until [`SlowFs::release_hangs`] (or the drop of the guard).
+//!
 //! The binary is found through `FLASH_SLOWFS_BIN` if set, else as
 //! [`crate::harness::binary`] finds the server's: `$FLASH_BIN_DIR`, or next to the running
 //! test executable (`target/<profile>/flash-slowfs`) after a `cargo build` that keeps it fresh.
@@ -53,6 +56,8 @@ pub struct SlowFs {
     work_dir: PathBuf,
     mountpoint: PathBuf,
     read_log: PathBuf,
+    /// While this file exists, reads of the hang paths block.
+    hang_gate: Option<PathBuf>,
 }
 
 impl SlowFs {
@@ -62,6 +67,18 @@ impl SlowFs {
     /// Fails with the reason (including flash-slowfs's stderr) if the mount cannot be made:
     /// tests using this must fail, not skip, when FUSE is unavailable.
     pub fn mount(source: &Path, delay: Duration) -> io::Result<SlowFs> {
+        SlowFs::mount_with_hangs(source, delay, &[])
+    }
+
+    /// As [`SlowFs::mount`], and every read of a file in `hang_paths` (relative to
+    /// `source`, e.g. `"dir/stuck.bin"`) is logged when it arrives, then held until
+    /// [`SlowFs::release_hangs`] is called (or the guard drops), then delayed as usual.
+    /// A process killed while its read is held stays in the kernel until the release.
+    pub fn mount_with_hangs(
+        source: &Path,
+        delay: Duration,
+        hang_paths: &[&str],
+    ) -> io::Result<SlowFs> {
         let binary = locate_binary()?;
         let work_dir = create_temp_dir("flash-slowfs")?;
         let mountpoint = work_dir.join("mnt");
@@ -73,18 +90,30 @@ impl SlowFs {
             work_dir,
             mountpoint,
             read_log,
+            hang_gate: None,
         };
         fs::create_dir(&slow.mountpoint)?;
         // Created up front so reads_of() works before the first read.
         File::create(&slow.read_log)?;
 
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg(source)
             .arg(&slow.mountpoint)
             .arg("--delay-ms")
             .arg(delay.as_millis().to_string())
             .arg("--read-log")
-            .arg(&slow.read_log)
+            .arg(&slow.read_log);
+        if !hang_paths.is_empty() {
+            let gate = slow.work_dir.join("hang.gate");
+            File::create(&gate)?;
+            slow.hang_gate = Some(gate.clone());
+            command.arg("--hang-gate").arg(gate);
+            for path in hang_paths {
+                command.arg("--hang-path").arg(path);
+            }
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -126,6 +155,16 @@ impl SlowFs {
             status.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
             stderr_text.trim_end(),
         )))
+    }
+
+    /// Lets the reads held by [`SlowFs::mount_with_hangs`] go on (after the usual delay),
+    /// and later reads of those files pass as any other. Idempotent.
+    pub fn release_hangs(&mut self) {
+        if let Some(gate) = self.hang_gate.take() {
+            if let Err(err) = fs::remove_file(&gate) {
+                eprintln!("slowfs: cannot remove {}: {err}", gate.display());
+            }
+        }
     }
 
     /// Where the slow copy of `source` is mounted.
@@ -203,6 +242,8 @@ impl SlowFs {
 
 impl Drop for SlowFs {
     fn drop(&mut self) {
+        // Held reads must end, or the processes waiting on them could not exit.
+        self.release_hangs();
         let (status, stderr_text) = self.stop();
         if let Some(status) = status.filter(|status| !status.success()) {
             eprintln!("slowfs: flash-slowfs exited with {status}; stderr: {stderr_text}");

@@ -251,3 +251,35 @@ fn mount_failure_is_an_error_that_says_why() {
         "{error}"
     );
 }
+
+#[test]
+fn a_hang_path_holds_its_reads_until_released() {
+    if !require_root("mounts FUSE") {
+        return;
+    }
+    let tree = SourceTree::new();
+    let mut slow = SlowFs::mount_with_hangs(&tree.root, DELAY, &["small.txt"])
+        .expect("flash-slowfs must mount (FUSE is required)");
+    let small = slow.mountpoint().join("small.txt");
+    let held = thread::spawn(move || fs::read(small).unwrap());
+    assert!(
+        integration_tests::harness::wait_until(Duration::from_secs(10), || {
+            slow.reads_of("small.txt") >= 1
+        }),
+        "the read of small.txt never reached the filesystem"
+    );
+    // Other files pass meanwhile.
+    assert_eq!(
+        fs::read(slow.mountpoint().join("sub/nested.txt")).unwrap(),
+        b"nested file\n"
+    );
+    assert!(!held.is_finished(), "the read of a hang path must be held");
+    slow.release_hangs();
+    assert_eq!(held.join().unwrap(), b"small file\n");
+    // Later reads are not held.
+    drop_page_cache(&slow.mountpoint().join("small.txt")).unwrap();
+    assert_eq!(
+        fs::read(slow.mountpoint().join("small.txt")).unwrap(),
+        b"small file\n"
+    );
+}

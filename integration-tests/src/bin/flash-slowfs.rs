@@ -1,7 +1,8 @@
 //! `flash-slowfs`: a read-only passthrough FUSE filesystem that makes a directory look like
 //! it lives on a slow disk, so tests can prove flash's event loop never waits for the disk.
 //!
-//! Usage: `flash-slowfs SOURCE MOUNTPOINT --delay-ms N [--read-log FILE]`
+//! Usage: `flash-slowfs SOURCE MOUNTPOINT --delay-ms N [--read-log FILE]
+//! [--hang-path REL]... [--hang-gate FILE]`
 //!
 //! * Every FUSE `read` request that reaches this process is answered only after `N` ms.
 //!   Reads are concurrent: each read is served on its own thread, so `k` cold reads issued
@@ -14,6 +15,11 @@
 //! * `--read-log FILE`: one line `<path relative to SOURCE> <offset> <size> <reader pid>` is appended for
 //!   every read request, when it arrives (before the delay), so tests can count disk reads
 //!   and can see a read that is still in progress.
+//! * `--hang-path REL` (repeatable) with `--hang-gate FILE`: a read of the file at `REL`
+//!   (relative to SOURCE, as in the read log) is logged, then blocks for as long as `FILE`
+//!   exists, then takes the delay as usual: a disk that hangs on one file until the test
+//!   releases it (removes `FILE`). Other files are unaffected. A process killed while its read
+//!   is held stays in the kernel (uninterruptible) until the read is released.
 //! * Ownership and modes are passed through from SOURCE; the mount uses `ro`,
 //!   `allow_other` (so an unprivileged server can read root-owned files) and
 //!   `default_permissions` (so the kernel checks mode bits). Symlinks are exposed as
@@ -54,7 +60,11 @@ const CACHE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// once; the kernel default of 12-16 would queue the rest and serialise the delays.
 const MAX_BACKGROUND_REQUESTS: u16 = 256;
 
-const USAGE: &str = "usage: flash-slowfs SOURCE MOUNTPOINT --delay-ms N [--read-log FILE]";
+const USAGE: &str = "usage: flash-slowfs SOURCE MOUNTPOINT --delay-ms N [--read-log FILE] \
+                     [--hang-path REL]... [--hang-gate FILE]";
+
+/// How often a held read looks whether its gate is gone.
+const HANG_POLL: Duration = Duration::from_millis(5);
 
 fn main() -> ExitCode {
     match run() {
@@ -71,12 +81,22 @@ struct Args {
     mountpoint: PathBuf,
     delay: Duration,
     read_log: Option<PathBuf>,
+    hang: Option<Hang>,
+}
+
+/// Reads of `paths` block while `gate` exists.
+#[derive(Clone)]
+struct Hang {
+    paths: Vec<PathBuf>,
+    gate: PathBuf,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut positional = Vec::new();
     let mut delay = None;
     let mut read_log = None;
+    let mut hang_paths = Vec::new();
+    let mut hang_gate = None;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         match arg.to_str() {
@@ -89,16 +109,27 @@ fn parse_args() -> Result<Args, String> {
                 delay = Some(Duration::from_millis(millis));
             }
             Some("--read-log") => read_log = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
+            Some("--hang-path") => hang_paths.push(PathBuf::from(args.next().ok_or(USAGE)?)),
+            Some("--hang-gate") => hang_gate = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
             Some("-h" | "--help") => return Err(USAGE.to_string()),
             _ => positional.push(PathBuf::from(arg)),
         }
     }
     let [source, mountpoint]: [PathBuf; 2] = positional.try_into().map_err(|_| USAGE)?;
+    let hang = match (hang_paths.is_empty(), hang_gate) {
+        (true, None) => None,
+        (false, Some(gate)) => Some(Hang {
+            paths: hang_paths,
+            gate,
+        }),
+        _ => return Err(format!("--hang-path and --hang-gate go together\n{USAGE}")),
+    };
     Ok(Args {
         source,
         mountpoint,
         delay: delay.ok_or(USAGE)?,
         read_log,
+        hang,
     })
 }
 
@@ -127,7 +158,7 @@ fn run() -> Result<(), String> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signal handlers: {e}"))?;
 
-    let filesystem = SlowFs::new(source.clone(), args.delay, read_log);
+    let filesystem = SlowFs::new(source.clone(), args.delay, read_log, args.hang);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("flash-slowfs".to_string()),
@@ -228,6 +259,7 @@ struct SlowFs {
     open_files: Mutex<HashMap<u64, OpenFile>>,
     next_handle: AtomicU64,
     read_log: Option<Mutex<File>>,
+    hang: Option<Hang>,
 }
 
 /// Locks a mutex, ignoring poisoning: a panicked request must not take the mount down.
@@ -238,7 +270,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SlowFs {
-    fn new(source: PathBuf, delay: Duration, read_log: Option<File>) -> SlowFs {
+    fn new(source: PathBuf, delay: Duration, read_log: Option<File>, hang: Option<Hang>) -> SlowFs {
         SlowFs {
             source,
             delay,
@@ -246,7 +278,17 @@ impl SlowFs {
             open_files: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             read_log: read_log.map(Mutex::new),
+            hang,
         }
+    }
+
+    /// The gate a read of `rel_path` must wait for (while it exists), if any.
+    fn gate_for(&self, rel_path: &Path) -> Option<PathBuf> {
+        let hang = self.hang.as_ref()?;
+        hang.paths
+            .iter()
+            .any(|p| p == rel_path)
+            .then(|| hang.gate.clone())
     }
 
     fn rel_path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
@@ -427,12 +469,18 @@ impl Filesystem for SlowFs {
         };
         self.log_read(&open_file.rel_path, offset, size, req.pid());
         let delay = self.delay;
+        let gate = self.gate_for(&open_file.rel_path);
         // One thread per read so concurrent reads are delayed in parallel and the session
         // loop keeps answering lookups meanwhile. If the spawn fails, the dropped reply
         // answers EIO.
         let spawned = thread::Builder::new()
             .name("slowfs-read".to_string())
             .spawn(move || {
+                if let Some(gate) = gate {
+                    while gate.exists() {
+                        thread::sleep(HANG_POLL);
+                    }
+                }
                 if !delay.is_zero() {
                     thread::sleep(delay);
                 }
