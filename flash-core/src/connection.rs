@@ -348,19 +348,37 @@ impl Connection {
             self.deadline = Some(self.progress.deadline(&ctx.config));
             return Flow::Keep;
         }
-        if self.state == State::Sending {
-            return match self
+        match self.state {
+            State::Sending => match self
                 .progress
                 .check(ctx.now, self.socket.as_fd(), &ctx.config)
             {
                 Ok(()) => {
                     self.deadline = Some(self.progress.deadline(&ctx.config));
+                    // The client keeps up, yet no writable edge came: try
+                    // once more rather than trust that none was missed (one
+                    // call per window for a connection that waits).
+                    self.writable = true;
                     Flow::Keep
                 }
                 Err(why) => self.cut_off(ctx, why),
-            };
+            },
+            State::Resolving | State::AwaitingPages => {
+                // The pool answers every job within its timeouts; this is
+                // the net under that promise, so no bug can wedge a client.
+                warn!("no answer from the helpers in time; giving up on the request");
+                self.abandon_body(ctx)
+            }
+            State::Reading | State::Lingering => Flow::Close,
         }
-        Flow::Close
+    }
+
+    /// How long a connection waits for the helpers before giving up: by
+    /// then the pool's own limits have passed even for a job that waited in
+    /// the queue, crashed its helper, waited again and ran again (four
+    /// helper timeouts).
+    fn helper_deadline(ctx: &Ctx) -> Instant {
+        ctx.now + 5 * ctx.config.helper_timeout
     }
 
     /// Closes a client that does not read its response (fast enough), with
@@ -485,6 +503,7 @@ impl Connection {
                     None => {
                         // The head stays buffered until the helper answers.
                         self.state = State::Resolving;
+                        self.deadline = Some(Self::helper_deadline(ctx));
                         return Step::Wait;
                     }
                 }
@@ -523,6 +542,7 @@ impl Connection {
         }
         // The wait was the disk's, not the client's: its clocks start anew.
         self.progress = SendProgress::new(ctx.now, ctx.config.send_timeout);
+        self.deadline = Some(self.progress.deadline(&ctx.config));
         if let Some(body) = &mut self.body {
             // Trust the helper for this window without asking again: a file
             // truncated meanwhile then ends the send instead of looping.
@@ -565,6 +585,7 @@ impl Connection {
     fn start_sending(&mut self, ctx: &Ctx) {
         self.state = State::Sending;
         self.progress = SendProgress::new(ctx.now, ctx.config.send_timeout);
+        self.deadline = Some(self.progress.deadline(&ctx.config));
     }
 
     fn respond_simple(
@@ -782,7 +803,7 @@ impl Connection {
                                 return match ctx.prefetch(me, file, *pos) {
                                     true => {
                                         self.state = State::AwaitingPages;
-                                        self.deadline = None;
+                                        self.deadline = Some(Self::helper_deadline(ctx));
                                         Step::Wait
                                     }
                                     false => match self.abandon_body(ctx) {
