@@ -522,6 +522,16 @@ pub fn proc_state(pid: u32) -> Option<char> {
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
+/// The arguments of process `pid` (`/proc/PID/cmdline`); empty once it is gone.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 /// Whether `pid` is still a running process (a zombie has exited: it only
 /// waits for its parent to collect the status).
 /// Starts `GET path` (`Connection: close`) on a connection with a 4 KiB

@@ -13,7 +13,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    get, read_response, require_root, seeded_bytes, signal, Response, Server, TempDir,
+    cmdline, get, proc_state, read_response, require_root, seeded_bytes, signal, Response, Server,
+    TempDir,
 };
 use integration_tests::slowfs::SlowFs;
 
@@ -55,21 +56,6 @@ fn send_get(server: &Server, name: &str) -> JoinHandle<std::io::Result<Response>
         )
         .expect("send request");
     thread::spawn(move || read_response(&mut BufReader::new(stream), false))
-}
-
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ...; comm may contain spaces, so split after the last ')'.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
 }
 
 fn is_live_helper(pid: u32) -> bool {

@@ -28,7 +28,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    binary, proc_state, require_root, seeded_bytes, signal, wait_until, Launch, Server, TempDir,
+    binary, cmdline, proc_state, require_root, seeded_bytes, signal, wait_until, Launch, Server,
+    TempDir,
 };
 use integration_tests::load::{self, Conn, Exchange, Load, Rng};
 use integration_tests::slowfs::{drop_page_cache, SlowFs};
@@ -205,15 +206,6 @@ impl Counts {
             self.get(&self.malformed)
         )
     }
-}
-
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
 }
 
 /// A helper that is running (not stopped, not exiting) the real flash-helper.
