@@ -18,7 +18,7 @@ use std::mem;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flash_http::{
     boundary_from, is_hidden, parse_request, percent_encode_path, plan_multipart, select,
@@ -37,9 +37,13 @@ use crate::sys;
 
 /// First allocation of a connection's read buffer.
 const READ_CHUNK: usize = 4096;
+/// Longest a client that keeps up with the minimum rate may take to drain
+/// what the kernel holds for it after its last response (the socket buffer,
+/// bounded by `TCP_NOTSENT_LOWAT` plus what is in flight).
+const MAX_DRAIN: Duration = Duration::from_secs(600);
 /// How long a closing connection drains what the client still sends, so the
 /// final response is not destroyed by a TCP reset.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Result of finding a file: from the path cache, a helper, or inline.
 #[derive(Clone)]
@@ -107,6 +111,8 @@ struct Body {
 /// as long as it likes).
 #[derive(Clone, Copy, Debug)]
 struct SendProgress {
+    /// How long a write may be waited for (the send timeout; less for a 408).
+    stall_after: Duration,
     /// Close if nothing more is written by then.
     stall_at: Instant,
     /// The rate window, begun when the response first had to wait for the
@@ -134,8 +140,9 @@ pub enum SlowReader {
 }
 
 impl SendProgress {
-    fn new(now: Instant, stall_after: std::time::Duration) -> SendProgress {
+    fn new(now: Instant, stall_after: Duration) -> SendProgress {
         SendProgress {
+            stall_after,
             stall_at: now + stall_after,
             window: None,
         }
@@ -144,28 +151,28 @@ impl SendProgress {
     /// When the connection must be looked at if nothing more is written.
     fn deadline(&self, config: &crate::Config) -> Instant {
         match self.window {
-            Some(w) if config.min_send_rate > 0 => {
-                self.stall_at.min(w.start + config.send_rate_window)
-            }
-            _ => self.stall_at,
+            Some(w) => self.stall_at.min(w.start + config.send_rate_window),
+            None => self.stall_at,
         }
     }
 
     /// Bytes were written at `now`.
-    fn wrote(&mut self, now: Instant, config: &crate::Config) {
-        self.stall_at = now + config.send_timeout;
+    fn wrote(&mut self, now: Instant) {
+        self.stall_at = now + self.stall_after;
     }
 
-    /// The response waits for the client to take bytes: the rate window
-    /// starts if it has not.
+    /// The client has bytes to take: the rate window starts if it has not.
     fn waiting(&mut self, now: Instant, sock: BorrowedFd<'_>, config: &crate::Config) {
         if self.window.is_none() && config.min_send_rate > 0 {
-            self.window = sys::bytes_acked(sock).map(|acked| RateWindow { start: now, acked });
+            self.window = sys::tcp_progress(sock).map(|p| RateWindow {
+                start: now,
+                acked: p.acked,
+            });
         }
     }
 
-    /// Whether the client keeps up at `now`; a window that ended is judged
-    /// and, if it passed, a new one begins.
+    /// At a deadline: whether the client keeps up (the stall limit, then the
+    /// rate window).
     fn check(
         &mut self,
         now: Instant,
@@ -175,18 +182,64 @@ impl SendProgress {
         if now >= self.stall_at {
             return Err(SlowReader::Stalled);
         }
-        let window = config.send_rate_window;
-        let Some(w) = self.window.filter(|w| now >= w.start + window) else {
+        self.check_window(now, sock, config)
+    }
+
+    /// While draining after the last response nothing more is written, so
+    /// only what the client takes counts, with no excuse for an empty queue.
+    fn check_drain(
+        &mut self,
+        now: Instant,
+        sock: BorrowedFd<'_>,
+        config: &crate::Config,
+    ) -> Result<(), SlowReader> {
+        if now >= self.stall_at {
+            return Err(SlowReader::Stalled);
+        }
+        self.judge_window(now, sock, config, false)
+    }
+
+    /// A window that ended is judged and, if the client kept up, a new one
+    /// begins. What the client acknowledged is weighed against the time that
+    /// really passed (deadlines are seen at the sweep, a little late). A
+    /// client that took everything the kernel had for it is never at fault:
+    /// the server did not write (the disk, or a missed wakeup).
+    fn check_window(
+        &mut self,
+        now: Instant,
+        sock: BorrowedFd<'_>,
+        config: &crate::Config,
+    ) -> Result<(), SlowReader> {
+        self.judge_window(now, sock, config, true)
+    }
+
+    fn judge_window(
+        &mut self,
+        now: Instant,
+        sock: BorrowedFd<'_>,
+        config: &crate::Config,
+        excuse_empty_queue: bool,
+    ) -> Result<(), SlowReader> {
+        let Some(w) = self
+            .window
+            .filter(|w| now >= w.start + config.send_rate_window)
+        else {
             return Ok(());
         };
-        let Some(acked) = sys::bytes_acked(sock) else {
+        let Some(progress) = sys::tcp_progress(sock) else {
+            self.window = None;
             return Ok(());
         };
-        let needed = config.min_send_rate as f64 * window.as_secs_f64();
-        if (acked.saturating_sub(w.acked) as f64) < needed {
+        let needed = config.min_send_rate as f64 * (now - w.start).as_secs_f64();
+        let taken = progress.acked.saturating_sub(w.acked) as f64;
+        let server_lagged = excuse_empty_queue && progress.notsent == 0;
+        if taken < needed && !server_lagged {
             return Err(SlowReader::BelowMinRate);
         }
-        self.window = Some(RateWindow { start: now, acked });
+        self.window = Some(RateWindow {
+            start: now,
+            acked: progress.acked,
+        });
         Ok(())
     }
 }
@@ -258,7 +311,7 @@ impl Connection {
             readable: false,
             writable: true,
             deadline: Some(header_deadline),
-            progress: SendProgress::new(now, std::time::Duration::ZERO),
+            progress: SendProgress::new(now, Duration::ZERO),
             last_active: now,
             has_served: false,
         }
@@ -369,16 +422,46 @@ impl Connection {
                 warn!("no answer from the helpers in time; giving up on the request");
                 self.abandon_body(ctx)
             }
-            State::Reading | State::Lingering => Flow::Close,
+            State::Reading | State::Lingering => self.close_or_drain(ctx),
         }
+    }
+
+    /// An idle or lingering connection timed out. If the kernel still holds
+    /// bytes of an earlier response for the client (it fitted in the socket
+    /// buffer, so no rate window ran while it was written), the client gets
+    /// the minimum rate to take them: closing now would either leave an
+    /// orphan socket holding them for as long as the client stalls, or cut
+    /// a slow but honest download short. Below the rate, a reset.
+    fn close_or_drain(&mut self, ctx: &mut Ctx) -> Flow {
+        let sock = self.socket.as_fd();
+        if ctx.config.min_send_rate == 0 || sys::queued_bytes(sock) == 0 {
+            return Flow::Close;
+        }
+        if self.state == State::Reading {
+            // No new request is taken while draining.
+            sys::shutdown_write(sock);
+            self.state = State::Lingering;
+        }
+        if self.progress.window.is_none() {
+            self.progress = SendProgress::new(ctx.now, MAX_DRAIN);
+            self.progress.waiting(ctx.now, sock, &ctx.config);
+        } else if let Err(why) = self.progress.check_drain(ctx.now, sock, &ctx.config) {
+            return self.cut_off(ctx, why);
+        }
+        if self.progress.window.is_none() {
+            // The kernel does not report progress: no way to judge it.
+            return Flow::Close;
+        }
+        self.deadline = Some(self.progress.deadline(&ctx.config));
+        Flow::Keep
     }
 
     /// How long a connection waits for the helpers before giving up: by
     /// then the pool's own limits have passed even for a job that waited in
     /// the queue, crashed its helper, waited again and ran again (four
-    /// helper timeouts).
+    /// helper timeouts, each seen up to a sweep late).
     fn helper_deadline(ctx: &Ctx) -> Instant {
-        ctx.now + 5 * ctx.config.helper_timeout
+        ctx.now + 5 * ctx.config.helper_timeout + Duration::from_secs(2)
     }
 
     /// Closes a client that does not read its response (fast enough), with
@@ -877,10 +960,12 @@ impl Connection {
         match result {
             Ok(_) => {
                 self.response_started = true;
-                self.progress.wrote(ctx.now, &ctx.config);
-                if let Err(why) = self
-                    .progress
-                    .check(ctx.now, self.socket.as_fd(), &ctx.config)
+                self.progress.wrote(ctx.now);
+                // Only the window here: the stall limit is for deadlines (a
+                // send timeout of 0 means "never wait", not "never write").
+                if let Err(why) =
+                    self.progress
+                        .check_window(ctx.now, self.socket.as_fd(), &ctx.config)
                 {
                     self.cut_off(ctx, why);
                     return Step::Close;
@@ -906,6 +991,9 @@ impl Connection {
     }
 
     fn finish_response(&mut self, ctx: &mut Ctx) -> Step {
+        // A timeout from here on judges the drain of what the kernel still
+        // holds with a window of its own.
+        self.progress.window = None;
         self.write_buf.clear();
         self.write_pos = 0;
         self.body = None;

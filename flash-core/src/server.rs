@@ -50,6 +50,12 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 const RESERVED_DESCRIPTORS: usize = 24;
 /// Share of the remaining descriptors the path cache may keep open.
 const CACHE_DESCRIPTOR_SHARE: usize = 4;
+/// Unsent bytes the kernel may hold per connection (inherited from the
+/// listeners): beyond it a write waits, so a response larger than this is
+/// judged by the minimum send rate, and a client that stops reading pins at
+/// most this much unsent data (plus what is in flight), not the up to 4 MB
+/// the send buffer would grow to.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
 /// Share of `vm.max_map_count` the mapped-file cache may use, and its cap.
 const MAP_COUNT_SHARE: usize = 16;
 const MAX_MAPPINGS: usize = 1024;
@@ -381,6 +387,11 @@ impl Server {
         let poller = Poller::new()?;
         for (i, listener) in listeners.iter().enumerate() {
             listener.set_nonblocking(true)?;
+            if let Err(e) = sys::set_notsent_lowat(listener.as_fd(), NOTSENT_LOWAT) {
+                warn!(
+                    "cannot set TCP_NOTSENT_LOWAT ({e}): slow readers may hold more kernel memory"
+                );
+            }
             reactor::register_level(
                 &poller,
                 listener.as_fd(),

@@ -167,11 +167,21 @@ pub fn reset_on_close(sock: BorrowedFd<'_>) {
     };
 }
 
-/// Bytes of what was written to `sock` that the peer has acknowledged
-/// (`tcpi_bytes_acked` of `TCP_INFO`, Linux 4.1+): what a client has
-/// actually taken, unlike what was written, which the socket buffer may
-/// hold for a long time. `None` if the kernel does not say.
-pub fn bytes_acked(sock: BorrowedFd<'_>) -> Option<u64> {
+/// How far a client has taken what was written to its socket, from
+/// `TCP_INFO` (Linux 4.6+).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpProgress {
+    /// Bytes the peer acknowledged (`tcpi_bytes_acked`): what a client has
+    /// actually taken, unlike what was written, which the socket buffer may
+    /// hold for a long time.
+    pub acked: u64,
+    /// Bytes written but not yet sent (`tcpi_notsent_bytes`): 0 means the
+    /// kernel has nothing waiting on the client.
+    pub notsent: u32,
+}
+
+/// The client's progress on `sock`; `None` if the kernel does not say.
+pub fn tcp_progress(sock: BorrowedFd<'_>) -> Option<TcpProgress> {
     // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -185,8 +195,42 @@ pub fn bytes_acked(sock: BorrowedFd<'_>) -> Option<u64> {
             &mut len,
         )
     };
-    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
-    (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_notsent_bytes) + 4;
+    (rc == 0 && len as usize >= needed).then_some(TcpProgress {
+        acked: info.tcpi_bytes_acked,
+        notsent: info.tcpi_notsent_bytes,
+    })
+}
+
+/// Bytes the kernel still holds for the peer of `sock`, sent or not
+/// (`SIOCOUTQ`); 0 if it cannot tell.
+pub fn queued_bytes(sock: BorrowedFd<'_>) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int to the pointer we own.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc == 0 {
+        usize::try_from(queued).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Sets `TCP_NOTSENT_LOWAT` on `sock`: a write is refused (`EAGAIN`), and
+/// writability withheld, while more than `bytes` written are still unsent.
+/// Set on a listening socket, accepted sockets inherit it.
+pub fn set_notsent_lowat(sock: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the option value points to a live c_int of the size passed.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 /// Turns off Nagle's algorithm: responses are written whole, so there is no

@@ -88,8 +88,8 @@ struct Cli {
     #[arg(long, value_name = "RATE", default_value = "1K/s", value_parser = parse_rate)]
     min_send_rate: u64,
 
-    /// The window over which --min-send-rate is measured.
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    /// The window over which --min-send-rate is measured (at least 1s).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_rate_window)]
     send_rate_window: Duration,
 
     /// Time in-flight responses get to finish on SIGINT/SIGTERM.
@@ -383,6 +383,16 @@ fn parse_index_names(text: &str) -> Result<IndexNames, String> {
     Ok(IndexNames(names))
 }
 
+/// A rate window: a duration of at least a second (the deadlines are
+/// checked four times a second; a shorter window would measure noise).
+fn parse_rate_window(text: &str) -> Result<Duration, String> {
+    let window = parse_duration(text)?;
+    if window < Duration::from_secs(1) {
+        return Err(format!("rate window {text} is too short (at least 1s)"));
+    }
+    Ok(window)
+}
+
 /// A size per second: "1K/s", "512", "1M/s" ("/s" optional).
 fn parse_rate(text: &str) -> Result<u64, String> {
     parse_size(text.strip_suffix("/s").unwrap_or(text))
@@ -421,6 +431,9 @@ mod tests {
         assert_eq!(parse_rate("1K/s"), Ok(1024));
         assert_eq!(parse_rate("0"), Ok(0));
         assert!(parse_rate("1K/m").is_err());
+        assert_eq!(parse_rate_window("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_rate_window("0").is_err());
+        assert!(parse_rate_window("500ms").is_err());
     }
 
     #[test]

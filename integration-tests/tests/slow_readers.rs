@@ -22,10 +22,20 @@ const WINDOW: Duration = Duration::from_secs(2);
 /// A modest client reads this much a second: slow, but 64 times the minimum.
 const MODEST_RATE: usize = 64 << 10;
 
+/// TCP states in `/proc/net/tcp`.
+const ESTABLISHED: &str = "01";
+const FIN_WAIT1: &str = "04";
+
 /// Server-side TCP connections of the server on `port` in state
 /// ESTABLISHED, from `/proc/net/tcp` (the kernel's view, so a socket the
 /// server closed is not counted even while the client still holds its end).
 fn established_on(port: u16) -> usize {
+    sockets_on(port, ESTABLISHED)
+}
+
+/// Server-side sockets on `port` in `state`. FIN_WAIT1 ones are orphans the
+/// server closed without a reset while the kernel still held their bytes.
+fn sockets_on(port: u16, state: &str) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
     table
         .lines()
@@ -33,12 +43,12 @@ fn established_on(port: u16) -> usize {
         .filter(|line| {
             let mut fields = line.split_whitespace();
             let local = fields.nth(1).unwrap_or("");
-            let state = fields.nth(1).unwrap_or("");
+            let fields_state = fields.nth(1).unwrap_or("");
             let local_port = local
                 .rsplit(':')
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
-            local_port == Some(port) && state == "01"
+            local_port == Some(port) && fields_state == state
         })
         .count()
 }
@@ -241,16 +251,83 @@ fn a_client_that_reads_nothing_is_cut_off_and_the_server_keeps_serving() {
         wait_until(Duration::from_secs(10), || established_on(port) == 0),
         "a client reading nothing is still connected"
     );
-    // The reset reaches the client: it reads what was buffered, then an
-    // error or the end, never the whole file.
+    // Closed with a reset: no orphan socket keeps the unsent bytes.
+    assert_eq!(sockets_on(port, FIN_WAIT1), 0, "an orphan holds the bytes");
+    // The reset reaches the client: it reads what was buffered, then the
+    // reset, never the whole file.
     stalled
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut got = Vec::new();
-    let _ = stalled.read_to_end(&mut got);
+    let end = stalled.read_to_end(&mut got);
     assert!(got.len() < content.len(), "the stalled client got it all");
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset),
+        "the cut is a reset, after {} bytes",
+        got.len()
+    );
     assert_eq!(
         integration_tests::harness::get(&server, "/big.bin").body,
         content
     );
+}
+
+/// Responses that fit in the kernel's buffers (a 1.5 MB file, or a stream
+/// of pipelined small ones) are not a way around the minimum rate: clients
+/// that stop reading are cut with a reset and leave neither a connection
+/// nor an orphan socket holding their bytes, while the idle timeout alone
+/// (a plain close) would have left orphans behind.
+#[test]
+fn clients_that_stop_reading_small_or_pipelined_responses_leave_nothing_behind() {
+    const CLIENTS: usize = 20;
+    let root = TempDir::new("slow-readers-small");
+    root.write("mid.bin", seeded_bytes(1_500_000, 66));
+    root.write("small.bin", seeded_bytes(2048, 67));
+    let server = Server::start(
+        root.path(),
+        &[
+            "--min-send-rate",
+            "1K/s",
+            "--send-rate-window",
+            "1s",
+            "--idle-timeout",
+            "2s",
+        ],
+    );
+    let port = server.addr.port();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).expect("connect");
+            s.write_all(&request("GET", "/mid.bin", "")).unwrap();
+            s
+        })
+        .collect();
+    // One client pipelines 3,000 small requests and reads 100 bytes a second.
+    let mut pipeliner = TcpStream::connect(server.addr).expect("connect");
+    let burst: Vec<u8> = (0..3000)
+        .flat_map(|_| request("GET", "/small.bin", ""))
+        .collect();
+    pipeliner.write_all(&burst).unwrap();
+    pipeliner.set_nonblocking(true).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || established_on(port)
+            >= CLIENTS + 1),
+        "not all clients connected"
+    );
+    let mut last_read = Instant::now();
+    let released = wait_until(Duration::from_secs(15), || {
+        if last_read.elapsed() >= Duration::from_secs(1) {
+            let _ = pipeliner.read(&mut [0u8; 100]);
+            last_read = Instant::now();
+        }
+        established_on(port) == 0 && sockets_on(port, FIN_WAIT1) == 0
+    });
+    assert!(
+        released,
+        "still held: {} established, {} orphans in FIN_WAIT1",
+        established_on(port),
+        sockets_on(port, FIN_WAIT1)
+    );
+    clients.clear();
 }
