@@ -696,7 +696,7 @@ fn check_graceful_shutdown(args: &[&str]) {
     root.write("a.txt", "a");
     let mut all_args = vec!["--shutdown-timeout", "15s"];
     all_args.extend_from_slice(args);
-    let server = Server::start(root.path(), &all_args);
+    let mut server = Server::start(root.path(), &all_args);
     let addr = server.addr;
 
     // An idle keep-alive connection, closed by the server at shutdown.
@@ -758,13 +758,19 @@ fn check_graceful_shutdown(args: &[&str]) {
     }
     assert_eq!(got.len(), BIG, "no bytes beyond the body");
     assert!(got == data, "download corrupted during shutdown");
+    let mut byte = [0u8; 1];
+    let after = r.get_mut().read(&mut byte);
     assert!(
-        reads_eof(r.get_mut()),
-        "after the last response of a shutdown, the server closes"
+        matches!(after, Ok(0)),
+        "after the last response of a shutdown, the server closes: {after:?}"
     );
     drop((w, r));
 
-    let (status, stderr) = server.stop();
+    // Shutting down already: it exits by itself (a second SIGTERM would
+    // make it exit at once, with 128 + 15).
+    let (status, stderr) = server
+        .wait_exit(IO_TIMEOUT)
+        .expect("the server exits once its last response is done");
     assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
     assert!(TcpStream::connect(addr).is_err());
 }
