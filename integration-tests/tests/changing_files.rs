@@ -5,11 +5,22 @@
 //! it, and `chmod 000` then back.
 //!
 //! Every version a file ever held is recorded (its bytes are a function of the version and
-//! the offset, never 0, so zero padding is always foreign). For every response:
+//! the offset, never 0, so zero padding is always foreign), and every cut of a file with
+//! when it was made. For every response, sent at one instant and received whole by another:
 //!
-//! * every body byte at offset `i` is byte `i` of some version the file held ("never a byte
-//!   the file did not hold"; a large file rewritten in place while `sendfile` runs may
-//!   legitimately mix versions at different offsets: docs/ARCHITECTURE.md, Integrity);
+//! * the body is a sequence of runs, each equal to one single version at those offsets and,
+//!   unless at the start or the end of the body, at least `MIN_RUN` bytes long ("never a
+//!   byte the file did not hold"; a large file rewritten in place while `sendfile` runs may
+//!   legitimately mix versions, page by page or where a `write()` raced the copy:
+//!   docs/ARCHITECTURE.md, Integrity). Versions differ at almost every offset, so a byte
+//!   held by *some* version proves little; a run of one version does;
+//! * the only other bytes allowed are runs of zeros within the folio holding a cut made
+//!   while that response was in flight (see [`zeroed_in_flight`]);
+//! * a small file's body (≤ `INLINE_MAX`, sent from the helper's copy) is counted as one
+//!   version whole, one version's start (cut, or read while being written), or neither:
+//!   the server does not promise more (a same-size write can race the helper's read unseen,
+//!   and a file that keeps changing is sent by `sendfile`), so "neither" is reported, and
+//!   must still pass the run check;
 //! * a body shorter than its `Content-Length` comes with the connection closing (else the
 //!   client stalls, which counts as malformed);
 //! * the status is 200, or 403/404 around `chmod` and delete.
@@ -30,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use flash_core::fs::INLINE_MAX;
 use integration_tests::harness::{is_root, wait_until, Server, TempDir};
 use integration_tests::load::{self, Conn, Exchange, Load, Rng};
 
@@ -83,14 +95,159 @@ fn version_bytes(seed: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| version_byte(seed, i)).collect()
 }
 
+/// Largest page-cache folio (the PMD size): the kernel zeroes at most to its end.
+const MAX_FOLIO: usize = 2 << 20;
+
+/// Shortest run of one version a body may hold between two others (a run at the start or
+/// the end of the body may be shorter), unless it or a run beside it is of a version that
+/// was being written into the file while the response was in flight. Legitimate switches of
+/// version come from pages read at different moments (page-aligned: runs of pages) and
+/// from a `write()` racing a copy out of the page cache (`sendfile`'s zero-copy bytes are
+/// copied to the client only when it reads them). Both copies run forward, so a race
+/// mostly leaves one switch; but where they cross, the wide, not strictly ordered stores
+/// and loads of the kernel's copies tear a cache line: runs of 32 and 48 bytes inside one
+/// 64-byte line, between runs of the version being written and the one it overwrote, were
+/// seen (in about one run of this test in three). Every other run between two others
+/// measured (over 40 runs) was at least 64 bytes (a few times; then 192, 253, 4096, ...).
+/// So a run under `MIN_RUN` is accepted only beside or of a version written while the
+/// response was in flight (counted as torn); any other is rejected (the byte-by-byte check
+/// this replaced let runs of up to ~30 wrong bytes of any version through).
+const MIN_RUN: usize = 64;
+
+/// A cut of the file to `len` bytes: when the `ftruncate` was called and when it returned
+/// (`None`: not yet).
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    len: usize,
+    from: Instant,
+    to: Option<Instant>,
+}
+
+impl Cut {
+    /// Whether the cut overlapped `[sent, received]`: it could then zero bytes of that
+    /// response still in flight.
+    fn during(&self, sent: Instant, received: Instant) -> bool {
+        self.from <= received && self.to.map_or(true, |to| to >= sent)
+    }
+
+    /// The bytes the kernel may have zeroed: from the cut to the end of the naturally
+    /// aligned folio holding it (at most `MAX_FOLIO`; none if the cut is on a folio
+    /// boundary, where no folio straddles it).
+    fn zeroable(&self) -> std::ops::Range<usize> {
+        if self.len % MAX_FOLIO == 0 {
+            return self.len..self.len;
+        }
+        self.len..(self.len / MAX_FOLIO + 1) * MAX_FOLIO
+    }
+}
+
+/// What a body was found to be made of.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Explained {
+    /// Runs of a single version, in order: `(start, end, version index)`.
+    runs: Vec<(usize, usize, usize)>,
+    /// Runs of zeros the kernel put there (see [`Cut`]), as `(start, end)`.
+    zeros: Vec<(usize, usize)>,
+    /// Runs shorter than `MIN_RUN` between two others, of a version being written while
+    /// the response was in flight.
+    torn: usize,
+}
+
+impl Explained {
+    /// The shortest run that is neither at the start nor at the end of the body (the one
+    /// `MIN_RUN` bounds), if any.
+    fn shortest_inner_run(&self, len: usize) -> Option<usize> {
+        self.runs
+            .iter()
+            .filter(|&&(start, end, _)| start > 0 && end < len)
+            .map(|&(start, end, _)| end - start)
+            .min()
+    }
+}
+
+/// Why a body cannot be explained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Unexplained {
+    /// At `at`, a byte that no version held there, or a run of zeros no cut in flight
+    /// explains (`zeros`: its length).
+    Foreign { at: usize, zeros: usize },
+    /// A run of one version, `start..end`, shorter than `MIN_RUN` between two others, none
+    /// of them of a version written while the response was in flight; `versions`: those of
+    /// the run before it (if adjacent), of it, of the run after it (if any).
+    ShortRun {
+        start: usize,
+        end: usize,
+        versions: [Option<usize>; 3],
+    },
+}
+
 /// Every version one file ever held.
 struct History {
     /// `(seed, length)` of every version written, oldest first.
     all: Mutex<Vec<(u64, usize)>>,
-    /// The bytes of the latest versions, newest first.
-    recent: Mutex<Vec<Arc<Vec<u8>>>>,
-    /// Every length the file was cut to (a truncation of an existing inode).
-    cuts: Mutex<Vec<usize>>,
+    /// The bytes of the latest versions, newest first, with their index in `all`.
+    recent: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
+    /// Every cut of the file (a truncation of an existing inode), oldest first.
+    cuts: Mutex<Vec<Cut>>,
+    /// Every write of a version into the file itself (not renamed over it): the version's
+    /// index in `all`, when the write began and when it returned (`None`: not yet).
+    writes: Mutex<Vec<(usize, Instant, Option<Instant>)>>,
+}
+
+/// The versions as one check sees them.
+struct Versions {
+    all: Vec<(u64, usize)>,
+    /// By index in `all`: the bytes, if materialised.
+    bytes: Vec<Option<Arc<Vec<u8>>>>,
+    /// By index in `all`: whether the version was being written into the file while the
+    /// response was in flight (a copy racing that write may hold short runs of it).
+    racing: Vec<bool>,
+}
+
+impl Versions {
+    fn len_of(&self, v: usize) -> usize {
+        self.all[v].1
+    }
+
+    fn byte(&self, v: usize, i: usize) -> Option<u8> {
+        let (seed, len) = self.all[v];
+        if i >= len {
+            return None;
+        }
+        Some(match &self.bytes[v] {
+            Some(bytes) => bytes[i],
+            None => version_byte(seed, i),
+        })
+    }
+
+    /// The end of the longest stretch from `from` where `body` equals version `v`.
+    fn match_forward(&self, v: usize, body: &[u8], from: usize) -> usize {
+        let end = body.len().min(self.len_of(v));
+        let mut i = from;
+        if let Some(bytes) = &self.bytes[v] {
+            while i < end {
+                let next = (i + CHUNK).min(end);
+                if body[i..next] != bytes[i..next] {
+                    break;
+                }
+                i = next;
+            }
+        }
+        while i < end && self.byte(v, i) == Some(body[i]) {
+            i += 1;
+        }
+        i
+    }
+
+    /// The start of the longest stretch ending at `to` (exclusive) and not starting before
+    /// `floor` where `body` equals version `v`.
+    fn match_backward(&self, v: usize, body: &[u8], to: usize, floor: usize) -> usize {
+        let mut i = to;
+        while i > floor && self.byte(v, i - 1) == Some(body[i - 1]) {
+            i -= 1;
+        }
+        i
+    }
 }
 
 impl History {
@@ -99,95 +256,239 @@ impl History {
             all: Mutex::new(Vec::new()),
             recent: Mutex::new(Vec::new()),
             cuts: Mutex::new(Vec::new()),
+            writes: Mutex::new(Vec::new()),
         }
     }
 
     /// Records a version before any of it reaches the file.
     fn record(&self, seed: u64, bytes: Arc<Vec<u8>>) {
-        self.all.lock().unwrap().push((seed, bytes.len()));
+        let mut all = self.all.lock().unwrap();
+        all.push((seed, bytes.len()));
         let mut recent = self.recent.lock().unwrap();
-        recent.insert(0, bytes);
+        recent.insert(0, (all.len() - 1, bytes));
         recent.truncate(RECENT);
     }
 
-    /// Records a cut to `len` bytes before it is made.
-    fn record_cut(&self, len: usize) {
-        self.cuts.lock().unwrap().push(len);
+    /// The newest version's bytes.
+    fn latest(&self) -> Arc<Vec<u8>> {
+        Arc::clone(&self.recent.lock().unwrap()[0].1)
     }
 
-    /// Checks `body` against every version: returns the first offset holding a byte no
-    /// version held there, else `Ok` with the number of runs of zeros explained as the
-    /// kernel zeroing bytes in flight (see [`zeroed_in_flight`]).
-    fn check(&self, body: &[u8]) -> Result<usize, usize> {
-        let cuts = self.cuts.lock().unwrap().clone();
-        let mut from = 0;
-        let mut zeroed = 0;
-        while let Some(at) = self.foreign_byte(body, from) {
-            match zeroed_in_flight(body, at, &cuts) {
-                Some(end) => {
-                    zeroed += 1;
-                    from = end;
-                }
-                None => return Err(at),
-            }
-        }
-        Ok(zeroed)
+    /// Cuts the file to `len` bytes with `cut`, recording when.
+    fn cut_with(&self, len: usize, cut: impl FnOnce()) {
+        let k = {
+            let mut cuts = self.cuts.lock().unwrap();
+            cuts.push(Cut {
+                len,
+                from: Instant::now(),
+                to: None,
+            });
+            cuts.len() - 1
+        };
+        cut();
+        self.cuts.lock().unwrap()[k].to = Some(Instant::now());
     }
 
-    /// The first offset from `from` (a multiple of `CHUNK` or the end of a zero run) of
-    /// `body` holding a byte no version held there.
-    fn foreign_byte(&self, body: &[u8], from: usize) -> Option<usize> {
-        let recent = self.recent.lock().unwrap().clone();
-        let all = self.all.lock().unwrap().clone();
-        let mut start = from;
-        while start < body.len() {
-            let next = (start / CHUNK + 1) * CHUNK;
-            let chunk = &body[start..next.min(body.len())];
-            let range = start..start + chunk.len();
-            if recent.iter().any(|v| v.get(range.clone()) == Some(chunk)) {
-                start = next;
-                continue;
-            }
-            for (k, &b) in chunk.iter().enumerate() {
-                let i = start + k;
-                let held = recent.iter().any(|v| v.get(i) == Some(&b))
-                    || all
-                        .iter()
-                        .any(|&(seed, len)| i < len && version_byte(seed, i) == b);
-                if !held {
-                    return Some(i);
-                }
-            }
-            start = next;
+    /// Writes the latest version into the file with `write`, recording when.
+    fn write_with(&self, write: impl FnOnce()) {
+        let k = {
+            let v = self.all.lock().unwrap().len() - 1;
+            let mut writes = self.writes.lock().unwrap();
+            writes.push((v, Instant::now(), None));
+            writes.len() - 1
+        };
+        write();
+        self.writes.lock().unwrap()[k].2 = Some(Instant::now());
+    }
+
+    fn versions(&self) -> Versions {
+        // As `record` does: `all`, then `recent` (so that both agree).
+        let all_locked = self.all.lock().unwrap();
+        let all = all_locked.clone();
+        let mut bytes = vec![None; all.len()];
+        for (v, b) in self.recent.lock().unwrap().iter() {
+            bytes[*v] = Some(Arc::clone(b));
         }
-        None
+        drop(all_locked);
+        let racing = vec![false; all.len()];
+        Versions { all, bytes, racing }
+    }
+
+    /// What `body` is as a snapshot: one version whole, one version's start (the file cut,
+    /// or read while being written), or neither.
+    fn snapshot(&self, body: &[u8]) -> Snapshot {
+        let versions = self.versions();
+        let mut found = Snapshot::Neither;
+        for v in (0..versions.all.len()).rev() {
+            if body.len() <= versions.len_of(v) && versions.match_forward(v, body, 0) == body.len()
+            {
+                if body.len() == versions.len_of(v) {
+                    return Snapshot::Whole;
+                }
+                found = Snapshot::Start;
+            }
+        }
+        found
+    }
+
+    /// Explains `body`, a response sent at `sent` and received whole by `received`, as a
+    /// sequence of runs, each equal to one version at those offsets and at least `MIN_RUN`
+    /// long unless at the start or the end of the body, and runs of zeros each lying where
+    /// a cut made while the response was in flight may have zeroed bytes (see
+    /// [`zeroed_in_flight`]).
+    fn check(
+        &self,
+        body: &[u8],
+        sent: Instant,
+        received: Instant,
+    ) -> Result<Explained, Unexplained> {
+        let mut versions = self.versions();
+        for &(v, from, to) in self.writes.lock().unwrap().iter() {
+            if v < versions.racing.len() && from <= received && to.map_or(true, |to| to >= sent) {
+                versions.racing[v] = true;
+            }
+        }
+        let cuts: Vec<Cut> = self
+            .cuts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.during(sent, received))
+            .copied()
+            .collect();
+        explain(body, &versions, &cuts)
     }
 }
 
-/// Largest page-cache folio (the PMD size): the kernel zeroes at most to its end.
-const MAX_FOLIO: usize = 2 << 20;
+/// What a small file's body is (see [`History::snapshot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Snapshot {
+    Whole,
+    Start,
+    Neither,
+}
 
-/// Whether the foreign byte at `at` starts a run of zeros that the kernel, not the server,
-/// put there; returns the end of the run if so.
+/// See [`History::check`]. Greedy: at each point where the current run stops matching, the
+/// next run is the version matching furthest ahead, starting as early as it matches (but
+/// leaving the run before it `MIN_RUN` long). Versions differ at almost every offset, so
+/// where a switch really happened only the right version matches on.
+fn explain(body: &[u8], versions: &Versions, cuts: &[Cut]) -> Result<Explained, Unexplained> {
+    let mut explained = Explained::default();
+    // Where the run being extended starts, if it is a run of a version (not of zeros).
+    let mut p = 0;
+    while p < body.len() {
+        if body[p] == 0 {
+            let end = p + body[p..].iter().take_while(|&&b| b == 0).count();
+            if !zeroed_in_flight(p..end, cuts) {
+                return Err(Unexplained::Foreign {
+                    at: p,
+                    zeros: end - p,
+                });
+            }
+            check_last_run(&mut explained, versions, p, None)?;
+            explained.zeros.push((p, end));
+            p = end;
+            continue;
+        }
+        // The previous run, if a version's, may give up its tail to the next one, down to
+        // MIN_RUN (any length if it is the first run).
+        let prev = explained
+            .runs
+            .last()
+            .filter(|&&(_, end, _)| end == p)
+            .copied();
+        let floor = match prev {
+            Some((0, _, _)) => 1,
+            Some((start, _, _)) => start + MIN_RUN,
+            None => p,
+        };
+        let mut best: Option<(usize, usize, usize)> = None;
+        for v in 0..versions.all.len() {
+            if versions.byte(v, p) != Some(body[p]) {
+                continue;
+            }
+            let end = versions.match_forward(v, body, p);
+            let start = if floor < p {
+                versions.match_backward(v, body, p, floor)
+            } else {
+                p
+            };
+            let better = match best {
+                None => true,
+                Some((s, e, _)) => end > e || (end == e && start < s),
+            };
+            if better {
+                best = Some((start, end, v));
+            }
+        }
+        let Some((start, end, v)) = best else {
+            return Err(Unexplained::Foreign { at: p, zeros: 0 });
+        };
+        if let Some(last) = explained.runs.last_mut().filter(|r| r.1 == p) {
+            last.1 = start;
+        }
+        check_last_run(&mut explained, versions, start, Some(v))?;
+        explained.runs.push((start, end, v));
+        p = end;
+    }
+    Ok(explained)
+}
+
+/// Fails if the last run, ending at `end` with something else after it (a run of version
+/// `next`, or zeros), is shorter than `MIN_RUN`, unless it or a run beside it is of a
+/// version being written into the file while the response was in flight (a cache line torn
+/// between that version and the one it overwrote: see `MIN_RUN`), which it counts.
+fn check_last_run(
+    explained: &mut Explained,
+    versions: &Versions,
+    end: usize,
+    next: Option<usize>,
+) -> Result<(), Unexplained> {
+    let runs = &explained.runs;
+    let Some(&(start, e, v)) = runs.last() else {
+        return Ok(());
+    };
+    if e != end || start == 0 || end - start >= MIN_RUN {
+        return Ok(());
+    }
+    let before = runs
+        .len()
+        .checked_sub(2)
+        .map(|k| runs[k])
+        .filter(|r| r.1 == start)
+        .map(|r| r.2);
+    if [Some(v), before, next]
+        .into_iter()
+        .flatten()
+        .any(|v| versions.racing[v])
+    {
+        explained.torn += 1;
+        Ok(())
+    } else {
+        Err(Unexplained::ShortRun {
+            start,
+            end,
+            versions: [before, Some(v), next],
+        })
+    }
+}
+
+/// Whether the zeros at `zeros` are the kernel's, not the server's.
 ///
 /// `sendfile` to a TCP socket is zero-copy: the bytes it queued stay references to the
 /// file's page cache until the client has received them. Truncating the file to `t` zeroes
 /// the rest of the folio holding offset `t` (up to a page on tmpfs; on ext4 with large
 /// folios, e.g. kernel 6.18, up to hundreds of KiB), and the bytes of that folio still in
 /// flight then reach the client as zeros, though `sendfile` had read them while the file
-/// held them. Folios are naturally aligned and at most `MAX_FOLIO`, so such zeros lie
-/// between a cut `t` (not itself on a `MAX_FOLIO` boundary, where no folio straddles it)
-/// and the next `MAX_FOLIO` boundary; where the run starts depends on how far the client
-/// had read. Version bytes are never 0, so the run is exact. Any other foreign byte is the
-/// server's.
-fn zeroed_in_flight(body: &[u8], at: usize, cuts: &[usize]) -> Option<usize> {
-    if body[at] != 0 {
-        return None;
-    }
-    let end = at + body[at..].iter().take_while(|&&b| b == 0).count();
-    cuts.iter()
-        .any(|&t| t % MAX_FOLIO != 0 && t <= at && end <= (t / MAX_FOLIO + 1) * MAX_FOLIO)
-        .then_some(end)
+/// held them. So such zeros lie within `[t, end of the folio holding t)` (folios are
+/// naturally aligned and at most `MAX_FOLIO`) for a cut `t` made while the response was in
+/// flight (`cuts` holds only those). Version bytes are never 0, so the run is exact. Any
+/// other zero is the server's.
+fn zeroed_in_flight(zeros: std::ops::Range<usize>, cuts: &[Cut]) -> bool {
+    cuts.iter().any(|c| {
+        let r = c.zeroable();
+        r.start <= zeros.start && zeros.end <= r.end
+    })
 }
 
 /// One file being changed.
@@ -223,11 +524,11 @@ impl Subject {
         let bytes = self.new_version(len);
         let mut file = OpenOptions::new().write(true).open(&self.path).unwrap();
         file.seek(SeekFrom::Start(0)).unwrap();
-        file.write_all(&bytes).unwrap();
+        self.history.write_with(|| file.write_all(&bytes).unwrap());
         if file.metadata().unwrap().len() > len as u64 {
-            self.history.record_cut(len);
+            self.history
+                .cut_with(len, || file.set_len(len as u64).unwrap());
         }
-        file.set_len(len as u64).unwrap();
     }
 
     /// A new version of `len` bytes, mode 0644, renamed over the file.
@@ -244,13 +545,9 @@ impl Subject {
 
     /// Cuts the file to `len` bytes.
     fn cut(&self, len: usize) {
-        self.history.record_cut(len);
-        OpenOptions::new()
-            .write(true)
-            .open(&self.path)
-            .unwrap()
-            .set_len(len as u64)
-            .unwrap();
+        let file = OpenOptions::new().write(true).open(&self.path).unwrap();
+        self.history
+            .cut_with(len, || file.set_len(len as u64).unwrap());
     }
 
     fn current_len(&self) -> usize {
@@ -260,7 +557,7 @@ impl Subject {
     /// Writes the final version (renamed over the file, whatever state it was left in).
     fn finish(&self) {
         self.rename_over(self.base);
-        let bytes = Arc::clone(&self.history.recent.lock().unwrap()[0]);
+        let bytes = self.history.latest();
         *self.final_version.lock().unwrap() = Some((Instant::now(), bytes));
     }
 
@@ -334,7 +631,8 @@ impl Subject {
             }
             _ => {
                 let bytes = self.new_version(base);
-                fs::write(&self.path, &*bytes).unwrap();
+                self.history
+                    .write_with(|| fs::write(&self.path, &*bytes).unwrap());
                 fs::set_permissions(&self.path, Permissions::from_mode(0o644)).unwrap();
                 "re-create"
             }
@@ -342,7 +640,6 @@ impl Subject {
     }
 }
 
-#[derive(Default)]
 struct Counts {
     requests: AtomicU64,
     complete: AtomicU64,
@@ -350,23 +647,65 @@ struct Counts {
     denied_or_missing: AtomicU64,
     closed_before_head: AtomicU64,
     foreign: AtomicU64,
+    /// Bodies of a small file (announced length ≤ `INLINE_MAX`): one version whole, one
+    /// version's start, neither (see [`History::snapshot`]).
+    small_whole: AtomicU64,
+    small_start: AtomicU64,
+    small_neither: AtomicU64,
+    /// Bodies holding more than one run (versions mixed).
+    mixed: AtomicU64,
+    /// The shortest run seen between two others in a body that passed.
+    shortest_run: AtomicU64,
+    /// Runs shorter than `MIN_RUN` of a version written while the response was in flight.
+    torn_runs: AtomicU64,
+    /// Bodies with zeros from a cut in flight, and the runs of such zeros.
     zeroed_in_flight: AtomicU64,
+    zero_runs: AtomicU64,
     malformed: AtomicU64,
     examples: Mutex<Vec<String>>,
 }
 
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
+            requests: AtomicU64::new(0),
+            complete: AtomicU64::new(0),
+            ended_short: AtomicU64::new(0),
+            denied_or_missing: AtomicU64::new(0),
+            closed_before_head: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            small_whole: AtomicU64::new(0),
+            small_start: AtomicU64::new(0),
+            small_neither: AtomicU64::new(0),
+            mixed: AtomicU64::new(0),
+            shortest_run: AtomicU64::new(u64::MAX),
+            torn_runs: AtomicU64::new(0),
+            zeroed_in_flight: AtomicU64::new(0),
+            zero_runs: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            examples: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl Counts {
     fn judge(&self, subject: &Subject, sent: Instant, exchange: Exchange) {
+        let received = Instant::now();
         self.requests.fetch_add(1, Ordering::Relaxed);
         subject.observe_freshness(sent, &exchange);
         let url = subject.url;
-        let (counter, body) = match exchange {
+        let (counter, body, announced) = match exchange {
             Exchange::Complete {
                 status: 200, body, ..
-            } => (&self.complete, body),
+            } => {
+                let len = body.len();
+                (&self.complete, body, len)
+            }
             Exchange::EndedShort {
-                status: 200, body, ..
-            } => (&self.ended_short, body),
+                status: 200,
+                body,
+                content_length,
+            } => (&self.ended_short, body, content_length),
             Exchange::Complete {
                 status: 403 | 404, ..
             } => {
@@ -383,39 +722,70 @@ impl Counts {
                 return;
             }
         };
-        let checked = subject.history.check(&body);
-        if let Ok(zeroed) = checked {
-            if zeroed > 0 {
-                self.zeroed_in_flight.fetch_add(1, Ordering::Relaxed);
+        if announced as u64 <= INLINE_MAX {
+            let counter = match subject.history.snapshot(&body) {
+                Snapshot::Whole if announced == body.len() => &self.small_whole,
+                Snapshot::Whole | Snapshot::Start => &self.small_start,
+                Snapshot::Neither => &self.small_neither,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        match subject.history.check(&body, sent, received) {
+            Ok(explained) => {
+                if explained.runs.len() > 1 {
+                    self.mixed.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(shortest) = explained.shortest_inner_run(body.len()) {
+                    self.shortest_run
+                        .fetch_min(shortest as u64, Ordering::Relaxed);
+                }
+                self.torn_runs
+                    .fetch_add(explained.torn as u64, Ordering::Relaxed);
+                if !explained.zeros.is_empty() {
+                    self.zeroed_in_flight.fetch_add(1, Ordering::Relaxed);
+                    self.zero_runs
+                        .fetch_add(explained.zeros.len() as u64, Ordering::Relaxed);
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(why) => {
+                self.foreign.fetch_add(1, Ordering::Relaxed);
+                let lens: Vec<usize> = subject
+                    .history
+                    .recent
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(_, v)| v.len())
+                    .collect();
+                self.example(format!(
+                    "GET {url}: a {}-byte body (of {announced} announced) is no sequence of \
+                     runs of versions the file held: {} (recent versions' lengths {lens:?})",
+                    body.len(),
+                    match why {
+                        Unexplained::Foreign { at, zeros: 0 } => format!(
+                            "byte {at} is {:#04x}, which no version held there",
+                            body[at]
+                        ),
+                        Unexplained::Foreign { at, zeros } => format!(
+                            "{zeros} zeros at {at}, where no cut made while the response was \
+                             in flight zeroed bytes"
+                        ),
+                        Unexplained::ShortRun {
+                            start,
+                            end,
+                            versions,
+                        } => format!(
+                            "bytes {start}..{end} are a run of one version shorter than \
+                             {MIN_RUN} bytes between two others, and none of them (versions \
+                             {versions:?} of {}) was being written while the response was in \
+                             flight",
+                            subject.history.all.lock().unwrap().len()
+                        ),
+                    }
+                ));
             }
         }
-        if let Err(at) = checked {
-            self.foreign.fetch_add(1, Ordering::Relaxed);
-            let run = body[at..].iter().take_while(|&&b| b == body[at]).count();
-            let recent = subject.history.recent.lock().unwrap().clone();
-            let prefix_of: Vec<(usize, usize)> = recent
-                .iter()
-                .enumerate()
-                .map(|(k, v)| {
-                    (
-                        k,
-                        body.iter()
-                            .zip(v.iter())
-                            .take_while(|(a, b)| a == b)
-                            .count(),
-                    )
-                })
-                .collect();
-            self.example(format!(
-                "GET {url}: byte {at} of a {}-byte body is {:#04x}, which no version of the \
-                 file held there (a run of {run}; common prefix with recent versions {prefix_of:?}, lens {:?})",
-                body.len(),
-                body[at],
-                recent.iter().map(|v| v.len()).collect::<Vec<_>>()
-            ));
-            return;
-        }
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn example(&self, text: String) {
@@ -552,8 +922,10 @@ fn files_change_under_load(arch: &str) {
         .sum();
     eprintln!(
         "changing_files[{arch}]: requests {}, 200 complete {}, ended short {}, 403/404 {}, \
-         closed before the head {}, foreign bytes {}, malformed {}, zeroed in flight by the \
-         kernel after a truncation {}; changes made {} ({versions} versions) in {elapsed:.1?}; \
+         closed before the head {}, foreign bytes {}, malformed {}; small-file bodies one \
+         version whole {}, one version's start {}, neither {}; bodies mixing versions {}, shortest run between two others \
+         {} bytes (MIN_RUN {MIN_RUN}; shorter, of a version written meanwhile: {}); zeroed in flight by the kernel after a truncation {} \
+         ({} runs of zeros); changes made {} ({versions} versions) in {elapsed:.1?}; \
          worst staleness after the final write {worst} (the latest a request was sent after it \
          and still answered otherwise); all files fresh {:.1?} after the last final write",
         counts.get(&counts.requests),
@@ -563,7 +935,17 @@ fn files_change_under_load(arch: &str) {
         counts.get(&counts.closed_before_head),
         counts.get(&counts.foreign),
         counts.get(&counts.malformed),
+        counts.get(&counts.small_whole),
+        counts.get(&counts.small_start),
+        counts.get(&counts.small_neither),
+        counts.get(&counts.mixed),
+        match counts.get(&counts.shortest_run) {
+            u64::MAX => "none".to_string(),
+            n => n.to_string(),
+        },
+        counts.get(&counts.torn_runs),
         counts.get(&counts.zeroed_in_flight),
+        counts.get(&counts.zero_runs),
         changes.load(Ordering::Relaxed),
         subjects
             .iter()
@@ -623,4 +1005,220 @@ fn amped_serves_only_bytes_files_held_while_they_change_under_load() {
 #[test]
 fn sped_serves_only_bytes_files_held_while_they_change_under_load() {
     files_change_under_load("sped");
+}
+
+/// The checker itself: bodies the server must never send are rejected, bodies it
+/// legitimately sends are accepted.
+mod checker {
+    use super::*;
+
+    const LEN: usize = 700 * 1024;
+
+    /// A history of 8 versions of `len` bytes (the oldest two not materialised), with the
+    /// instant a response was sent and the instant it was received.
+    fn versions_of(len: usize) -> (History, Vec<Vec<u8>>, Instant, Instant) {
+        let history = History::new();
+        let versions: Vec<Vec<u8>> = (0..8u64)
+            .map(|v| {
+                let bytes = version_bytes((9 << 32) | v, len);
+                history.record((9 << 32) | v, Arc::new(bytes.clone()));
+                bytes
+            })
+            .collect();
+        let t0 = Instant::now();
+        (
+            history,
+            versions,
+            t0 + Duration::from_millis(100),
+            t0 + Duration::from_millis(200),
+        )
+    }
+
+    /// Records a cut to `len` made `from_ms..to_ms` after the history's start (the
+    /// response is in flight from 100 to 200).
+    fn cut(history: &History, sent: Instant, len: usize, from_ms: u64, to_ms: u64) {
+        let t0 = sent - Duration::from_millis(100);
+        history.cuts.lock().unwrap().push(Cut {
+            len,
+            from: t0 + Duration::from_millis(from_ms),
+            to: Some(t0 + Duration::from_millis(to_ms)),
+        });
+    }
+
+    /// `pieces` of `(version, end)` (`None`: zeros), each from the previous end.
+    fn body(versions: &[Vec<u8>], pieces: &[(Option<usize>, usize)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for &(v, end) in pieces {
+            let start = body.len();
+            match v {
+                Some(v) => body.extend_from_slice(&versions[v][start..end]),
+                None => body.resize(end, 0),
+            }
+        }
+        body
+    }
+
+    #[test]
+    fn rejects_a_short_run_of_another_version() {
+        let (history, versions, sent, received) = versions_of(LEN);
+        // 16 bytes of an old version (not materialised) and of a recent one, amid the
+        // latest: every byte is one some version held at its offset, so a byte-by-byte
+        // check passes them.
+        // A version written before the request was sent, rewritten since, is no excuse.
+        history.writes.lock().unwrap().push((
+            5,
+            sent - Duration::from_millis(50),
+            Some(sent - Duration::from_millis(40)),
+        ));
+        for wrong in [1, 5] {
+            let bad = body(
+                &versions,
+                &[(Some(7), 5000), (Some(wrong), 5016), (Some(7), LEN)],
+            );
+            assert!((5000..5016).all(|i| versions.iter().any(|v| v[i] == bad[i])));
+            assert!(
+                matches!(
+                    history.check(&bad, sent, received),
+                    Err(Unexplained::ShortRun { .. })
+                ),
+                "{:?}",
+                history.check(&bad, sent, received)
+            );
+        }
+        // Just shorter than MIN_RUN, right after a page boundary, is still too short.
+        let bad = body(
+            &versions,
+            &[
+                (Some(7), 8192),
+                (Some(3), 8192 + MIN_RUN - 1),
+                (Some(7), LEN),
+            ],
+        );
+        assert!(matches!(
+            history.check(&bad, sent, received),
+            Err(Unexplained::ShortRun { .. })
+        ));
+        // A byte no version held.
+        let mut bad = versions[7].clone();
+        bad[300_000] = (1..=255u8)
+            .find(|b| versions.iter().all(|v| v[300_000] != *b))
+            .unwrap();
+        assert_eq!(
+            history.check(&bad, sent, received),
+            Err(Unexplained::Foreign {
+                at: 300_000,
+                zeros: 0
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_zeros_no_cut_in_flight_explains() {
+        let (history, versions, sent, received) = versions_of(LEN);
+        // A cut to 400,000 made before the request: it zeroes nothing of this response.
+        cut(&history, sent, 400_000, 10, 11);
+        let rejected = |pieces: &[(Option<usize>, usize)]| {
+            let bad = body(&versions, pieces);
+            let verdict = history.check(&bad, sent, received);
+            assert!(
+                matches!(verdict, Err(Unexplained::Foreign { zeros: 1.., .. })),
+                "{pieces:?}: {verdict:?}"
+            );
+        };
+        rejected(&[(Some(7), 450_000), (None, 460_000), (Some(7), LEN)]);
+        // A padded tail: the body cut at 400,000 and filled with zeros to its length.
+        rejected(&[(Some(7), 400_000), (None, LEN)]);
+        // ... or at the length announced, with no cut at all.
+        rejected(&[(Some(7), 123_456), (None, LEN)]);
+        // A cut to 300,000 while the response was in flight: zeros before it are not its.
+        cut(&history, sent, 300_000, 150, 151);
+        rejected(&[(Some(7), 100_000), (None, 100_100), (Some(7), LEN)]);
+        rejected(&[(Some(7), 299_999), (None, 300_100), (Some(7), LEN)]);
+        // One that started after the response was received neither.
+        cut(&history, sent, 50_000, 201, 202);
+        rejected(&[(Some(7), 60_000), (None, 60_100), (Some(7), LEN)]);
+        // Past the end of the largest folio that could hold the cut in flight.
+        let (history, versions, sent, received) = versions_of(MAX_FOLIO + MAX_FOLIO / 4);
+        cut(&history, sent, 1_900_000, 150, 151);
+        for pieces in [
+            &[
+                (Some(7), 2_200_000),
+                (None, 2_200_100),
+                (Some(7), 2_300_000),
+            ][..],
+            &[(Some(7), 1_900_000), (None, MAX_FOLIO + 1)][..],
+        ] {
+            let bad = body(&versions, pieces);
+            assert!(matches!(
+                history.check(&bad, sent, received),
+                Err(Unexplained::Foreign { zeros: 1.., .. })
+            ));
+        }
+        // A cut in flight on a boundary of the largest folio zeroes nothing.
+        cut(&history, sent, MAX_FOLIO, 150, 151);
+        let bad = body(&versions, &[(Some(7), MAX_FOLIO), (None, MAX_FOLIO + 100)]);
+        assert!(history.check(&bad, sent, received).is_err());
+    }
+
+    #[test]
+    fn accepts_what_the_server_legitimately_sends() {
+        let (history, versions, sent, received) = versions_of(LEN);
+        let accepted = |pieces: &[(Option<usize>, usize)]| {
+            let good = body(&versions, pieces);
+            let verdict = history.check(&good, sent, received);
+            assert!(verdict.is_ok(), "{pieces:?}: {verdict:?}");
+            verdict.unwrap()
+        };
+        // One version whole, old or recent.
+        assert_eq!(accepted(&[(Some(0), LEN)]).runs, vec![(0, LEN, 0)]);
+        accepted(&[(Some(7), LEN)]);
+        // Pages read at different moments, across a rewrite in place.
+        let mixed = accepted(&[(Some(7), 8192), (Some(6), 65_536), (Some(7), LEN)]);
+        assert_eq!(mixed.runs.len(), 3);
+        assert_eq!(mixed.shortest_inner_run(LEN), Some(65_536 - 8192));
+        // A write racing a copy: a switch anywhere in a page, runs of MIN_RUN allowed.
+        accepted(&[(Some(5), 12_345), (Some(7), LEN)]);
+        accepted(&[
+            (Some(5), 12_345),
+            (Some(1), 12_345 + MIN_RUN),
+            (Some(7), LEN),
+        ]);
+        // A cache line torn by a write racing the copy: 32 bytes of the version being
+        // written while the response was in flight, amid the old one.
+        let torn = &[
+            (Some(7), 988_752 % LEN),
+            (Some(4), 988_784 % LEN),
+            (Some(7), LEN),
+        ];
+        assert!(history
+            .check(&body(&versions, torn), sent, received)
+            .is_err());
+        history
+            .writes
+            .lock()
+            .unwrap()
+            .push((4, sent + Duration::from_millis(50), None));
+        assert_eq!(accepted(torn).torn, 1);
+        // ... or 32 bytes the write had not reached yet, amid bytes it had.
+        let torn = &[(Some(4), 21_637), (Some(0), 21_669), (Some(4), LEN)];
+        assert_eq!(accepted(torn).torn, 1);
+        // Short runs at the start and at the end.
+        accepted(&[(Some(6), 10), (Some(7), LEN - 10), (Some(2), LEN)]);
+        // Zeros right after a cut made while the response was in flight, up to the end of
+        // its folio (256 KiB here: 358,400 lies in 256..512 KiB), the rest intact.
+        cut(&history, sent, 358_400, 199, 250);
+        let zeroed = accepted(&[(Some(7), 358_400), (None, 524_288), (Some(7), LEN)]);
+        assert_eq!(zeroed.zeros, vec![(358_400, 524_288)]);
+        // ... or from where the client had read to, then a newer version written since.
+        accepted(&[(Some(7), 400_000), (None, 450_000), (Some(6), LEN)]);
+        // ... or to the end of a body cut short.
+        accepted(&[(Some(7), 358_400), (None, 358_500)]);
+        // A small file's body: one version whole, its start, or neither.
+        let (history, versions, _, _) = versions_of(20 * 1024);
+        assert_eq!(history.snapshot(&versions[0]), Snapshot::Whole);
+        assert_eq!(history.snapshot(&versions[7]), Snapshot::Whole);
+        assert_eq!(history.snapshot(&versions[7][..10_240]), Snapshot::Start);
+        let mixed = body(&versions, &[(Some(7), 4096), (Some(6), 20 * 1024)]);
+        assert_eq!(history.snapshot(&mixed), Snapshot::Neither);
+    }
 }
