@@ -130,6 +130,18 @@ struct RateWindow {
     acked: u64,
 }
 
+/// What a client's progress is judged in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// A response is being written: a client that took everything the
+    /// kernel had for it is never at fault (the server did not write: the
+    /// disk, or a missed wakeup).
+    Sending,
+    /// After the last response, while the kernel still holds bytes of it:
+    /// nothing more is written, so only what the client takes counts.
+    Draining,
+}
+
 /// Why a client reading a response was cut off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlowReader {
@@ -178,47 +190,23 @@ impl SendProgress {
         now: Instant,
         sock: BorrowedFd<'_>,
         config: &crate::Config,
+        phase: Phase,
     ) -> Result<(), SlowReader> {
         if now >= self.stall_at {
             return Err(SlowReader::Stalled);
         }
-        self.check_window(now, sock, config)
-    }
-
-    /// While draining after the last response nothing more is written, so
-    /// only what the client takes counts, with no excuse for an empty queue.
-    fn check_drain(
-        &mut self,
-        now: Instant,
-        sock: BorrowedFd<'_>,
-        config: &crate::Config,
-    ) -> Result<(), SlowReader> {
-        if now >= self.stall_at {
-            return Err(SlowReader::Stalled);
-        }
-        self.judge_window(now, sock, config, false)
+        self.check_window(now, sock, config, phase)
     }
 
     /// A window that ended is judged and, if the client kept up, a new one
     /// begins. What the client acknowledged is weighed against the time that
-    /// really passed (deadlines are seen at the sweep, a little late). A
-    /// client that took everything the kernel had for it is never at fault:
-    /// the server did not write (the disk, or a missed wakeup).
+    /// really passed (deadlines are seen at the sweep, a little late).
     fn check_window(
         &mut self,
         now: Instant,
         sock: BorrowedFd<'_>,
         config: &crate::Config,
-    ) -> Result<(), SlowReader> {
-        self.judge_window(now, sock, config, true)
-    }
-
-    fn judge_window(
-        &mut self,
-        now: Instant,
-        sock: BorrowedFd<'_>,
-        config: &crate::Config,
-        excuse_empty_queue: bool,
+        phase: Phase,
     ) -> Result<(), SlowReader> {
         let Some(w) = self
             .window
@@ -232,7 +220,7 @@ impl SendProgress {
         };
         let needed = config.min_send_rate as f64 * (now - w.start).as_secs_f64();
         let taken = progress.acked.saturating_sub(w.acked) as f64;
-        let server_lagged = excuse_empty_queue && progress.notsent == 0;
+        let server_lagged = phase == Phase::Sending && progress.notsent == 0;
         if taken < needed && !server_lagged {
             return Err(SlowReader::BelowMinRate);
         }
@@ -402,20 +390,22 @@ impl Connection {
             return Flow::Keep;
         }
         match self.state {
-            State::Sending => match self
-                .progress
-                .check(ctx.now, self.socket.as_fd(), &ctx.config)
-            {
-                Ok(()) => {
-                    self.deadline = Some(self.progress.deadline(&ctx.config));
-                    // The client keeps up, yet no writable edge came: try
-                    // once more rather than trust that none was missed (one
-                    // call per window for a connection that waits).
-                    self.writable = true;
-                    Flow::Keep
+            State::Sending => {
+                match self
+                    .progress
+                    .check(ctx.now, self.socket.as_fd(), &ctx.config, Phase::Sending)
+                {
+                    Ok(()) => {
+                        self.deadline = Some(self.progress.deadline(&ctx.config));
+                        // The client keeps up, yet no writable edge came: try
+                        // once more rather than trust that none was missed (one
+                        // call per window for a connection that waits).
+                        self.writable = true;
+                        Flow::Keep
+                    }
+                    Err(why) => self.cut_off(ctx, why),
                 }
-                Err(why) => self.cut_off(ctx, why),
-            },
+            }
             State::Resolving | State::AwaitingPages => {
                 // The pool answers every job within its timeouts; this is
                 // the net under that promise, so no bug can wedge a client.
@@ -445,7 +435,10 @@ impl Connection {
         if self.progress.window.is_none() {
             self.progress = SendProgress::new(ctx.now, MAX_DRAIN);
             self.progress.waiting(ctx.now, sock, &ctx.config);
-        } else if let Err(why) = self.progress.check_drain(ctx.now, sock, &ctx.config) {
+        } else if let Err(why) = self
+            .progress
+            .check(ctx.now, sock, &ctx.config, Phase::Draining)
+        {
             return self.cut_off(ctx, why);
         }
         if self.progress.window.is_none() {
@@ -963,10 +956,12 @@ impl Connection {
                 self.progress.wrote(ctx.now);
                 // Only the window here: the stall limit is for deadlines (a
                 // send timeout of 0 means "never wait", not "never write").
-                if let Err(why) =
-                    self.progress
-                        .check_window(ctx.now, self.socket.as_fd(), &ctx.config)
-                {
+                if let Err(why) = self.progress.check_window(
+                    ctx.now,
+                    self.socket.as_fd(),
+                    &ctx.config,
+                    Phase::Sending,
+                ) {
                     self.cut_off(ctx, why);
                     return Step::Close;
                 }
