@@ -235,32 +235,13 @@ fn if_range_holds(value: &str, ours: Option<Tag<'_>>, mtime_secs: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::borrow::Cow;
-
-    use crate::request::Version;
 
     const MTIME: u64 = 784_111_777;
     const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
     const EARLIER: &str = "Sun, 06 Nov 1994 08:49:36 GMT";
 
     fn req() -> Request<'static> {
-        Request {
-            method: Method::Get,
-            version: Version::Http11,
-            path: Cow::Borrowed("f"),
-            query: None,
-            ends_with_slash: false,
-            asterisk: false,
-            keep_alive: true,
-            head_len: 0,
-            body_len: 0,
-            if_match: None,
-            if_none_match: None,
-            if_modified_since: None,
-            if_unmodified_since: None,
-            if_range: None,
-            range: None,
-        }
+        Request::default()
     }
 
     fn with_etag<R>(f: impl FnOnce(&Validators<'_>) -> R) -> R {

@@ -132,6 +132,30 @@ pub struct Request<'buf> {
     pub range: Option<&'buf str>,
 }
 
+impl Default for Request<'_> {
+    /// `GET / HTTP/1.1`, keep-alive, no body, no conditionals, no range: a
+    /// base for requests built field by field (`..Request::default()`).
+    fn default() -> Self {
+        Request {
+            method: Method::Get,
+            version: Version::Http11,
+            path: Cow::Borrowed(""),
+            query: None,
+            ends_with_slash: true,
+            asterisk: false,
+            keep_alive: true,
+            head_len: 0,
+            body_len: 0,
+            if_match: None,
+            if_none_match: None,
+            if_modified_since: None,
+            if_unmodified_since: None,
+            if_range: None,
+            range: None,
+        }
+    }
+}
+
 /// Why a request head was rejected. The connection is closed after the error response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestError {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use flash_http::{
     normalize_path, parse_request, select, ByteRange, ETag, Limits, Method, Parse, Request,
-    Selection, Validators, Version,
+    Selection, Validators,
 };
 use proptest::prelude::*;
 
@@ -186,20 +186,13 @@ proptest! {
         let v = Validators { len, mtime_secs: mtime, etag: etag.as_str() };
         let req = Request {
             method,
-            version: Version::Http11,
-            path: Cow::Borrowed("f"),
-            query: None,
-            ends_with_slash: false,
-            asterisk: false,
-            keep_alive: true,
-            head_len: 0,
-            body_len: 0,
             if_match: if_match.as_deref(),
             if_none_match: if_none_match.as_deref(),
             if_modified_since: ims,
             if_unmodified_since: ius,
             if_range: if_range.as_deref(),
             range: range.as_deref(),
+            ..Request::default()
         };
         let in_file = |r: &ByteRange| r.start < r.end && r.end <= len;
         match select(&req, &v) {

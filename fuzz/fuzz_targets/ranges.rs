@@ -17,11 +17,9 @@
 //! the values fit in a header) gives the same selection.
 #![no_main]
 
-use std::borrow::Cow;
-
 use flash_http::{
     parse_request, plan_multipart, select, ByteRange, ETag, Limits, Method, Parse, Request,
-    Segment, Selection, Validators, Version, MAX_RANGES,
+    Segment, Selection, Validators, MAX_RANGES,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -135,20 +133,13 @@ fuzz_target!(|input: &[u8]| {
     };
     let req = Request {
         method,
-        version: Version::Http11,
-        path: Cow::Borrowed("f"),
-        query: None,
-        ends_with_slash: false,
-        asterisk: false,
-        keep_alive: true,
-        head_len: 0,
-        body_len: 0,
         if_match,
         if_none_match,
         if_modified_since: ims,
         if_unmodified_since: ius,
         if_range,
         range,
+        ..Request::default()
     };
     let sel = select(&req, &v);
     check(&sel, &req, len, part_type, mtime);
