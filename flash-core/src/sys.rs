@@ -153,18 +153,26 @@ pub fn reset_on_close(sock: BorrowedFd<'_>) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: the option value points to a live `linger` of the size passed.
     // An error (socket already reset by the peer) needs no handling: the
     // socket is closing anyway.
-    unsafe {
+    let _ = set_option(sock, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+}
+
+/// `setsockopt(sock, level, name, value)`, the option's value being a `T`
+/// (a `c_int` for flags and sizes, a `linger`...).
+fn set_option<T>(sock: BorrowedFd<'_>, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: the option value points to a live `T` of the size passed; the
+    // kernel only reads it, and rejects a size wrong for the option.
+    cvt(unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
-    };
+    })
+    .map(drop)
 }
 
 /// How far a client has taken what was written to its socket, from
@@ -220,34 +228,14 @@ pub fn queued_bytes(sock: BorrowedFd<'_>) -> usize {
 /// Set on a listening socket, accepted sockets inherit it.
 pub fn set_notsent_lowat(sock: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the option value points to a live c_int of the size passed.
-    cvt(unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    set_option(sock, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, &value)
 }
 
 /// Turns off Nagle's algorithm: responses are written whole, so there is no
 /// small-write pattern to coalesce, and delaying them costs latency.
 pub fn set_nodelay(sock: BorrowedFd<'_>) -> io::Result<()> {
     let one: libc::c_int = 1;
-    // SAFETY: the option value points to a live c_int of the size passed.
-    cvt(unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
+    set_option(sock, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one)
 }
 
 /// Sets or clears O_NONBLOCK.
