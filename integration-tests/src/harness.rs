@@ -683,8 +683,8 @@ impl Response {
     }
 }
 
-/// Reads one response from `reader`. `head_only` for responses to HEAD (and
-/// 304/204, which never have a body).
+/// Reads one response from `reader`. `head_only` for responses to HEAD
+/// (1xx, 204 and 304 never have a body). A head cut short by EOF is an error.
 pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<Response> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
@@ -706,7 +706,12 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<R
     let mut headers = Vec::new();
     loop {
         line.clear();
-        reader.read_line(&mut line)?;
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in a response head",
+            ));
+        }
         let trimmed = line.trim_end_matches(['\r', '\n']);
         if trimmed.is_empty() {
             break;
@@ -724,7 +729,7 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<R
         headers,
         body: Vec::new(),
     };
-    if !head_only && status != 304 && status != 204 {
+    if !head_only && !(100..200).contains(&status) && status != 304 && status != 204 {
         let len: usize = response
             .header("content-length")
             .and_then(|v| v.parse().ok())

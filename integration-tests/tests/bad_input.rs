@@ -35,7 +35,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{seeded_bytes, Server, TempDir, IO_TIMEOUT};
+use integration_tests::harness::{read_response, seeded_bytes, Server, TempDir, IO_TIMEOUT};
 
 /// The file outside the root whose bytes must never be served.
 const SENTINEL: &str = "SENTINEL-outside-the-root-5b1d";
@@ -1013,73 +1013,6 @@ impl Tree {
 
 // ---- reading answers ---------------------------------------------------------
 
-/// One response: status, `Connection` header, body. Like the harness's
-/// reader, but 1xx (interim) and error responses without a length are read
-/// too, and the body is read for any status but 1xx/204/304.
-struct Answer {
-    status: u16,
-    connection: Option<String>,
-    body: Vec<u8>,
-}
-
-fn read_answer(reader: &mut impl BufRead) -> io::Result<Answer> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "EOF before a response",
-        ));
-    }
-    let status = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not a status line: {line:?}"),
-            )
-        })?;
-    let mut connection = None;
-    let mut length = None;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "EOF in a response head",
-            ));
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            if n.eq_ignore_ascii_case("connection") {
-                connection = Some(v.trim().to_ascii_lowercase());
-            } else if n.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse::<usize>().ok();
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if !(100..200).contains(&status) && status != 204 && status != 304 {
-        let length = length.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "response without Content-Length",
-            )
-        })?;
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    }
-    Ok(Answer {
-        status,
-        connection,
-        body,
-    })
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -1096,7 +1029,8 @@ fn check(addr: SocketAddr, case: &Case) -> Result<(), String> {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let n = case.answers.len();
     for (i, &(status, body)) in case.answers.iter().enumerate() {
-        let a = read_answer(&mut reader).map_err(|e| format!("response {}: {e}", i + 1))?;
+        let a =
+            read_response(&mut reader, false).map_err(|e| format!("response {}: {e}", i + 1))?;
         if a.status != status {
             return Err(format!(
                 "response {}: status {} (expected {status})",
@@ -1127,7 +1061,9 @@ fn check(addr: SocketAddr, case: &Case) -> Result<(), String> {
             Body::AtMost(max) if a.body.len() <= max => {}
             Body::AtMost(max) => return Err(format!("body of {} bytes, over {max}", a.body.len())),
         }
-        let closes = a.connection.as_deref() == Some("close");
+        let closes = a
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let last = i + 1 == n;
         match (last, case.then, closes) {
             (true, Then::Close, false) => {
@@ -1155,7 +1091,8 @@ fn check(addr: SocketAddr, case: &Case) -> Result<(), String> {
         (&stream)
             .write_all(PROBE)
             .map_err(|e| format!("sending the probe: {e}"))?;
-        let a = read_answer(&mut reader).map_err(|e| format!("the probe after the answer: {e}"))?;
+        let a = read_response(&mut reader, false)
+            .map_err(|e| format!("the probe after the answer: {e}"))?;
         if (a.status, a.body.as_slice()) != (200, b"aaa") {
             return Err(format!(
                 "the probe after the answer got {} (out of step?)",
@@ -1315,7 +1252,7 @@ fn observe(addr: SocketAddr, bytes: &[u8], later: &[u8]) -> String {
             }
             Err(_) => break "close (reset)",
         }
-        match read_answer(&mut reader) {
+        match read_response(&mut reader, false) {
             Ok(a) if a.status == 206 => seen.push(format!("206 ({} B)", a.body.len())),
             Ok(a) => seen.push(a.status.to_string()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -1329,7 +1266,7 @@ fn observe(addr: SocketAddr, bytes: &[u8], later: &[u8]) -> String {
     };
     let end = if end == "open" {
         let _ = (&stream).write_all(PROBE);
-        match read_answer(&mut reader) {
+        match read_response(&mut reader, false) {
             Ok(a) if a.status == 200 => "keep",
             Ok(_) => "keep (probe not 200)",
             Err(e)
