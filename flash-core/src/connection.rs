@@ -342,6 +342,29 @@ impl Connection {
         self.state == State::Reading && !self.request_begun && self.read_start == self.read_end
     }
 
+    /// At shutdown: an idle connection (a keep-alive one between requests,
+    /// or a new one that has sent nothing yet) gets `grace` for a request to
+    /// arrive, which is then answered with `Connection: close`. Closing at
+    /// once would fail a request already on its way, or leave a client that
+    /// was just accepted with no answer at all.
+    pub fn stop_when_idle(&mut self, now: Instant, grace: Duration) {
+        if self.is_idle() {
+            let until = now + grace;
+            self.deadline = Some(self.deadline.map_or(until, |d| d.min(until)));
+        }
+    }
+
+    /// Ends an idle connection politely: FIN now, then the client's bytes
+    /// are read and dropped until its own FIN. A plain `close` would answer a
+    /// request crossing it with a reset; this way the client sees the end of
+    /// a keep-alive connection, which HTTP clients retry on a new one
+    /// (RFC 9112, section 9.3.1).
+    fn linger(&mut self, now: Instant) {
+        sys::shutdown_write(self.socket.as_fd());
+        self.state = State::Lingering;
+        self.deadline = Some(now + LINGER);
+    }
+
     /// Gives back buffer memory of a connection idle since `before`, so idle
     /// keep-alive connections cost almost nothing.
     pub fn release_buffers_if_idle(&mut self, before: Instant) {
@@ -378,6 +401,10 @@ impl Connection {
     /// A deadline passed.
     pub fn on_timeout(&mut self, ctx: &mut Ctx) -> Flow {
         self.deadline = None;
+        if ctx.shutting_down && self.is_idle() {
+            self.linger(ctx.now);
+            return Flow::Keep;
+        }
         if self.state == State::Reading
             && (self.request_begun || self.discard > 0)
             && !self.response_started

@@ -33,6 +33,13 @@ const WATCH_KEY: usize = 1;
 const LISTENER_BASE: usize = 2;
 const HELPER_BASE: usize = 64;
 const CONN_BASE: usize = 1024;
+/// At shutdown, how long an idle connection may still bring a request
+/// (answered with `Connection: close`) before it is sent its FIN.
+const STOP_IDLE_GRACE: Duration = Duration::from_millis(500);
+/// At shutdown, how long after it began connections that were sent their
+/// FIN (idle ones, finished responses) may take to close their side before
+/// the process exits and closes them itself.
+const EXIT_LINGER: Duration = Duration::from_secs(1);
 /// How often deadlines are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Connections accepted per listener event, so one busy listener cannot starve the rest.
@@ -392,11 +399,7 @@ impl Server {
                     "cannot set TCP_NOTSENT_LOWAT ({e}): slow readers may hold more kernel memory"
                 );
             }
-            reactor::register_level(
-                &poller,
-                listener.as_fd(),
-                Event::readable(LISTENER_BASE + i),
-            )?;
+            reactor::register_listener(&poller, listener.as_fd(), LISTENER_BASE + i)?;
         }
         if let Some(fd) = &shutdown {
             reactor::register_level(&poller, fd.as_fd(), Event::readable(SHUTDOWN_KEY))?;
@@ -513,13 +516,18 @@ impl Server {
         let mut events = Events::new();
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         let mut stop_at: Option<Instant> = None;
+        let mut stopping_since = Instant::now();
         loop {
             if let Some(stop_at) = stop_at {
                 // A lingering connection owes nothing: its response is
                 // complete and its FIN sent; waiting out its linger would
                 // only delay the exit.
+                // Lingering ones get a moment to see their FIN, so a
+                // request crossing it is not answered by a reset at exit.
                 let owing = self.conns.iter().filter(|(_, c)| !c.is_lingering()).count();
-                if owing == 0 || self.ctx.now >= stop_at {
+                let lingering = self.conns.len() - owing;
+                let linger_over = self.ctx.now >= stopping_since + EXIT_LINGER;
+                if (owing == 0 && (lingering == 0 || linger_over)) || self.ctx.now >= stop_at {
                     info!("shut down with {owing} response(s) unfinished");
                     break;
                 }
@@ -557,6 +565,7 @@ impl Server {
                     WATCH_KEY => {}
                     SHUTDOWN_KEY => {
                         if stop_at.is_none() {
+                            stopping_since = self.ctx.now;
                             stop_at = Some(self.ctx.now + self.ctx.config.shutdown_timeout);
                             self.begin_shutdown();
                         }
@@ -741,16 +750,20 @@ impl Server {
         self.accept_resume_at = None;
     }
 
-    /// Switches the listeners' readiness interest on or off.
+    /// Switches accepting on or off. An exclusive registration cannot be
+    /// modified, so a pause removes it (other workers sharing the listener
+    /// then take the connections) and a resume adds it again.
     fn set_accepting(&mut self, on: bool) {
         for (i, l) in self.listeners.iter().enumerate() {
-            let key = LISTENER_BASE + i;
-            let interest = if on {
-                Event::readable(key)
+            if on {
+                if let Err(e) =
+                    reactor::register_listener(&self.ctx.poller, l.as_fd(), LISTENER_BASE + i)
+                {
+                    warn!("cannot resume accepting on a listener: {e}");
+                }
             } else {
-                Event::none(key)
-            };
-            let _ = reactor::modify_level(&self.ctx.poller, l.as_fd(), interest);
+                reactor::deregister(&self.ctx.poller, l.as_fd());
+            }
         }
         self.accept_paused = !on;
     }
@@ -870,14 +883,8 @@ impl Server {
         for listener in mem::take(&mut self.listeners) {
             reactor::deregister(&self.ctx.poller, listener.as_fd());
         }
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.is_idle())
-            .map(|(k, _)| k)
-            .collect();
-        for idx in idle {
-            self.close(idx);
+        for (_, conn) in self.conns.iter_mut() {
+            conn.stop_when_idle(self.ctx.now, STOP_IDLE_GRACE);
         }
     }
 }
