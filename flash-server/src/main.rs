@@ -1,20 +1,26 @@
-//! flash-server: the binary. A thin layer over `flash-core`: it parses the
-//! command line, binds the listeners, drops privileges, wires SIGINT/SIGTERM
-//! to a graceful shutdown, and runs the engine. With no document root it
-//! serves an embedded demo site.
+//! flash-server: the binary. A thin layer over `flash-core`. Started by an
+//! operator it is the [`supervisor`]: it parses the command line, binds the
+//! listeners and runs `--workers` copies of itself as [`worker`] processes,
+//! each one complete engine (`flash_core::Server`) with its own helpers,
+//! restarting, reloading and stopping them on signals. With no document root
+//! it serves an embedded demo site.
 
 mod demo_site;
+mod fds;
 mod listen;
 mod process;
-mod signals;
+mod supervisor;
+mod systemd;
+mod worker;
 
-use std::net::{SocketAddr, TcpListener};
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use flash_core::{Arch, Config, HiddenFiles, Server, SymlinkPolicy, DEFAULT_INDEX_NAMES};
+use flash_core::{Arch, Config, HiddenFiles, SymlinkPolicy, DEFAULT_INDEX_NAMES};
 
 /// A fast static-file HTTP/1.1 server: one event loop, helper processes for
 /// the disk (the AMPED architecture of the Flash web server).
@@ -23,6 +29,10 @@ use flash_core::{Arch, Config, HiddenFiles, Server, SymlinkPolicy, DEFAULT_INDEX
 struct Cli {
     /// Directory to serve. Without it, an embedded demo site is served.
     root: Option<PathBuf>,
+
+    /// Worker processes, each a complete engine with its own helpers ("auto": one per core).
+    #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_workers)]
+    workers: Workers,
 
     /// Address to listen on (repeatable). Port 0 picks a free port.
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -141,6 +151,27 @@ struct Cli {
     log_level: log::LevelFilter,
 }
 
+/// `--workers`: how many worker processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workers {
+    /// One per core the process may run on.
+    Auto,
+    Count(usize),
+}
+
+fn parse_workers(text: &str) -> Result<Workers, String> {
+    if text == "auto" {
+        return Ok(Workers::Auto);
+    }
+    match text.parse() {
+        Ok(n) if (1..=supervisor::MAX_WORKERS).contains(&n) => Ok(Workers::Count(n)),
+        _ => Err(format!(
+            "invalid worker count {text} (auto, or 1 to {})",
+            supervisor::MAX_WORKERS
+        )),
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ArchArg {
     Amped,
@@ -196,33 +227,34 @@ impl std::fmt::Display for IndexNames {
 fn main() {
     let cli = Cli::parse();
     process::init_logging(cli.log_level);
-    if let Err(e) = run(cli) {
+    let result = match worker::Inherited::from_env() {
+        Ok(Some(inherited)) => worker::run(cli, inherited),
+        Ok(None) => supervisor::run(cli),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
         eprintln!("flash-server: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The command line `args` (program name first), parsed again: what a
+/// reload reads.
+fn parse_args(args: &[OsString]) -> Result<Cli> {
+    Ok(Cli::try_parse_from(args)?)
+}
+
+/// The document root and helper executable `cli` asks for, checked:
+/// `root_override` is the supervisor's choice (the demo site) when no root
+/// is given.
+fn locate(cli: &Cli, root_override: Option<PathBuf>) -> Result<(PathBuf, PathBuf)> {
     if matches!(cli.arch, ArchArg::Amped) && cli.helpers == 0 {
         bail!("--helpers 0: the AMPED architecture needs at least one helper process (--arch sped runs without)");
     }
-    let user = cli.user.as_deref().map(process::lookup_user).transpose()?;
-    let demo = match &cli.root {
-        Some(_) => None,
-        None => Some(demo_site::DemoSite::create().context("cannot write the demo site")?),
-    };
-    // From here on a signal no longer kills the process before the demo
-    // site is removed; one that arrives during startup stops the server
-    // as soon as its loop runs.
-    let shutdown = signals::watch(demo.as_ref().map(|d| d.path().to_path_buf()))?;
-    if let (Some(demo), Some(user)) = (&demo, &user) {
-        demo.give_to(user.uid, user.gid)
-            .with_context(|| format!("cannot give the demo site to user {}", user.name))?;
-    }
-    let root = match (&cli.root, &demo) {
+    let root = match (&cli.root, root_override) {
         (Some(root), _) => root.clone(),
-        (None, Some(demo)) => demo.path().to_path_buf(),
-        (None, None) => unreachable!("a demo site exists when no root is given"),
+        (None, Some(root)) => root,
+        (None, None) => bail!("no document root"),
     };
     let root = std::fs::canonicalize(&root)
         .with_context(|| format!("document root {}", root.display()))?;
@@ -241,52 +273,7 @@ fn run(cli: Cli) -> Result<()> {
             helper_path.display()
         );
     }
-
-    process::raise_descriptor_limit();
-    let somaxconn = listen::somaxconn();
-    let backlog = cli
-        .backlog
-        .or(somaxconn)
-        .unwrap_or(listen::FALLBACK_BACKLOG);
-    if let Some(cap) = somaxconn.filter(|&cap| backlog > cap) {
-        log::warn!("--backlog {backlog} exceeds net.core.somaxconn; the kernel caps it at {cap}");
-    }
-    let listeners = cli
-        .listen
-        .iter()
-        .map(|&addr| {
-            listen::bind(addr, backlog).with_context(|| format!("cannot listen on {addr}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if let Some(user) = &user {
-        process::drop_privileges(user)?;
-    }
-
-    let config = engine_config(&cli, root, helper_path);
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(TcpListener::local_addr)
-        .collect::<std::io::Result<_>>()?;
-    let server =
-        Server::new(config, listeners, Some(shutdown)).context("cannot start the server")?;
-    let what = match &demo {
-        Some(demo) => format!("the demo site from {}", demo.path().display()),
-        None => server_root_display(&cli),
-    };
-    log::info!(
-        "serving {what} ({}, {} helper process(es))",
-        match cli.arch {
-            ArchArg::Amped => "AMPED",
-            ArchArg::Sped => "SPED",
-        },
-        server.helper_pids().len()
-    );
-    for addr in &addrs {
-        println!("listening on http://{addr}");
-    }
-    server.run().context("event loop failed")?;
-    drop(demo);
-    Ok(())
+    Ok((root, helper_path))
 }
 
 /// The engine's configuration from the command line.
@@ -325,13 +312,6 @@ fn engine_config(cli: &Cli, root: PathBuf, helper_path: PathBuf) -> Config {
         max_discard_body: cli.max_body_bytes,
     };
     config
-}
-
-fn server_root_display(cli: &Cli) -> String {
-    cli.root
-        .as_deref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
 }
 
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {

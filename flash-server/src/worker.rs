@@ -1,0 +1,174 @@
+//! A worker process: one complete AMPED engine (its own event loop and
+//! helper processes) serving the listening sockets its supervisor bound and
+//! passed down. The supervisor starts it by running this same executable
+//! with the same arguments plus the environment below; the worker reports
+//! on its control socket when it serves, and obeys it:
+//!
+//! | byte | from | meaning |
+//! |---|---|---|
+//! | `R` | worker | ready: the engine and its helpers run |
+//! | `S` | supervisor | stop gracefully (finish responses in flight, exit 0) |
+//! | `O` | supervisor | reopen the log files |
+//!
+//! End of file on the control socket (the supervisor is gone) also stops the
+//! worker gracefully: workers never outlive their supervisor for long.
+//! Signals from a terminal (Ctrl-C reaches the whole process group) are
+//! ignored here: the supervisor decides. SIGTERM sent to a worker itself
+//! stops it gracefully (the supervisor then starts another).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use flash_core::Server;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+
+use crate::{engine_config, fds, locate, process, Cli};
+
+/// Environment variable naming the worker's control socket descriptor; its
+/// presence makes the process a worker.
+pub const CONTROL_ENV: &str = "FLASH_WORKER";
+/// The inherited listening sockets, as a comma-separated descriptor list.
+pub const LISTENERS_ENV: &str = "FLASH_LISTEN_FDS";
+/// The document root when the supervisor chose it (the demo site).
+pub const ROOT_ENV: &str = "FLASH_ROOT";
+
+pub const READY: u8 = b'R';
+pub const STOP: u8 = b'S';
+pub const REOPEN: u8 = b'O';
+
+/// What the supervisor handed down, read from the environment.
+pub struct Inherited {
+    control: UnixStream,
+    listeners: Vec<TcpListener>,
+    root: Option<PathBuf>,
+}
+
+impl Inherited {
+    /// `Some` when this process was started as a worker. The descriptors
+    /// are taken over (and closed on exec, so helpers do not inherit them);
+    /// the variables are removed.
+    pub fn from_env() -> Result<Option<Inherited>> {
+        let Some(control) = std::env::var_os(CONTROL_ENV) else {
+            return Ok(None);
+        };
+        let listeners = std::env::var(LISTENERS_ENV).unwrap_or_default();
+        let root = std::env::var_os(ROOT_ENV).map(PathBuf::from);
+        for name in [CONTROL_ENV, LISTENERS_ENV, ROOT_ENV] {
+            std::env::remove_var(name);
+        }
+        let control = UnixStream::from(take_fd(&control.to_string_lossy())?);
+        let listeners = listeners
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|fd| {
+                let fd = take_fd(fd)?;
+                Ok(TcpListener::from(fd))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Inherited {
+            control,
+            listeners,
+            root,
+        }))
+    }
+}
+
+/// Takes ownership of the inherited descriptor number `text`.
+fn take_fd(text: &str) -> Result<OwnedFd> {
+    let fd: RawFd = text
+        .trim()
+        .parse()
+        .with_context(|| format!("bad inherited descriptor {text:?}"))?;
+    // Only descriptors past stdio, and open ones.
+    // SAFETY: F_GETFD reads the flags of a descriptor number; on a closed
+    // one it fails with EBADF and touches nothing.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("inherited descriptor {fd} is not open");
+    }
+    // SAFETY: the supervisor passed `fd` to this process for it alone;
+    // nothing else here has taken it (each number is taken once, above).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fds::set_cloexec(&owned, true)?;
+    Ok(owned)
+}
+
+/// Runs the worker until it is told to stop.
+pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
+    let Inherited {
+        control,
+        listeners,
+        root,
+    } = inherited;
+    let (shutdown, shutdown_trigger) = UnixStream::pair()?;
+    watch_signals(&shutdown_trigger)?;
+    let (root, helper_path) = locate(&cli, root)?;
+    if let Some(user) = cli.user.as_deref().map(process::lookup_user).transpose()? {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            process::drop_privileges(&user)?;
+        }
+    }
+    let config = engine_config(&cli, root, helper_path);
+    let server = Server::new(config, listeners, Some(OwnedFd::from(shutdown)))
+        .context("cannot start the server")?;
+    log::debug!(
+        "worker {} serving with {} helper process(es)",
+        std::process::id(),
+        server.helper_pids().len()
+    );
+    let mut reporter = control.try_clone()?;
+    spawn_control_reader(control, shutdown_trigger)?;
+    // A supervisor that is gone cannot be told; the worker serves anyway
+    // until its control socket reports the end.
+    let _ = reporter.write_all(&[READY]);
+    server.run().context("event loop failed")?;
+    Ok(())
+}
+
+/// SIGTERM stops this worker gracefully; SIGINT, SIGHUP and SIGUSR1 are the
+/// supervisor's to act on (a terminal sends them to the whole group), so they
+/// are caught and dropped here. Handlers, unlike ignored dispositions, do not
+/// survive `exec`: helpers keep the default actions.
+fn watch_signals(shutdown_trigger: &UnixStream) -> Result<()> {
+    let mut trigger = shutdown_trigger.try_clone()?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGTERM {
+                    let _ = trigger.write_all(&[1]);
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// Reads the supervisor's orders until the control socket ends.
+fn spawn_control_reader(mut control: UnixStream, mut shutdown_trigger: UnixStream) -> Result<()> {
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            loop {
+                match control.read(&mut byte) {
+                    Ok(1) if byte[0] == REOPEN => {
+                        // No log file is kept open by the worker yet.
+                    }
+                    Ok(1) if byte[0] != STOP => {}
+                    // STOP, end of file (supervisor gone) or an error.
+                    _ => {
+                        let _ = shutdown_trigger.write_all(&[1]);
+                        return;
+                    }
+                }
+            }
+        })
+        .context("cannot start the control thread")?;
+    Ok(())
+}
