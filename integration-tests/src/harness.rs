@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Bound on any single wait in the tests: a hang fails instead of blocking CI.
@@ -229,6 +229,8 @@ pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// What the server wrote to stderr so far.
+    stderr_so_far: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -271,6 +273,11 @@ impl Server {
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
+        // One worker unless the test asks: most tests look at the engine
+        // process (its descriptors, helpers, system calls).
+        if !args.contains(&"--workers") {
+            command.args(["--workers", "1"]);
+        }
         let mut child = command
             .args(args)
             .stdin(Stdio::null())
@@ -279,10 +286,16 @@ impl Server {
             .spawn()
             .map_err(|e| format!("spawn {:?}: {e}", command.get_program()))?;
         let stderr = child.stderr.take().expect("piped stderr");
+        let stderr_so_far = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr_so_far);
         let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut text);
-            text
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+            sink.lock().unwrap().clone()
         });
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
@@ -304,11 +317,45 @@ impl Server {
             child: Some(child),
             addr,
             stderr: Some(stderr),
+            stderr_so_far,
         })
     }
 
+    /// What the server (supervisor and workers) wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr_so_far.lock().unwrap().clone()
+    }
+
+    /// Waits up to `limit` until stderr holds `count` lines containing
+    /// `needle`; returns whether it did.
+    pub fn await_stderr(&self, needle: &str, count: usize, limit: Duration) -> bool {
+        wait_until(limit, || {
+            self.stderr_so_far()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= count
+        })
+    }
+
+    /// The process the test started: the supervisor (signals go here).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// The worker processes (each one engine with its helpers), from /proc.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+
+    /// The engine process of a single-worker server (the default here):
+    /// the one whose descriptors, memory and system calls tests inspect.
+    /// Panics unless exactly one worker runs.
+    pub fn engine_pid(&self) -> u32 {
+        match self.worker_pids()[..] {
+            [pid] => pid,
+            ref pids => panic!("expected one worker process, found {pids:?}"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -327,14 +374,11 @@ impl Server {
         stream
     }
 
-    /// Child processes of the server (its helpers), from /proc.
+    /// The helper processes of every worker, from /proc.
     pub fn helper_pids(&self) -> Vec<u32> {
-        let pid = self.pid();
-        let path = format!("/proc/{pid}/task/{pid}/children");
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
+        self.worker_pids()
+            .into_iter()
+            .flat_map(children_of)
             .collect()
     }
 
@@ -514,6 +558,16 @@ pub fn proc_stats(pid: u32) -> Option<ProcStats> {
         rss_kib: kib("VmRSS:"),
         hwm_kib: kib("VmHWM:"),
     })
+}
+
+/// Child processes of `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`...), `None` if no such process.

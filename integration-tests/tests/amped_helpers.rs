@@ -102,7 +102,7 @@ fn helpers_are_child_processes_named_flash_helper() {
             .expect("PPid line");
         assert_eq!(
             ppid,
-            server.pid(),
+            server.engine_pid(),
             "helper {pid} must be a child of flash-server"
         );
     }

@@ -24,7 +24,7 @@ fn assert_only_helpers_read(fs: &SlowFs, server: &Server, file: &str) {
         !readers.is_empty(),
         "{file} was cold, so something must have read it"
     );
-    let main = server.pid();
+    let main = server.engine_pid();
     assert!(
         !readers.contains(&main),
         "the main process (pid {main}) read {file} from the disk: readers {readers:?}"

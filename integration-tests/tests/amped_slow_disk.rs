@@ -175,7 +175,7 @@ fn run_scenario(args: &[&str], as_nobody: bool) -> Outcome {
     let server = Server::start(&root, args);
     if as_nobody {
         assert_eq!(
-            uid_of(server.pid()),
+            uid_of(server.engine_pid()),
             Some(NOBODY_UID),
             "the server must run as nobody"
         );

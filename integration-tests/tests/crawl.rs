@@ -303,7 +303,7 @@ fn run(label: &str, prefix: &[&str], args: &[&str]) -> Outcome {
         ..Launch::default()
     })
     .unwrap_or_else(|e| panic!("{label}: flash-server should start: {e}"));
-    let monitor = Monitor::start(server.pid());
+    let monitor = Monitor::start(server.engine_pid());
     let crawl = crawl(&server);
     let peak = monitor.finish();
     let late_failures = if server.is_running() {

@@ -114,7 +114,7 @@ fn a_burst_of_1000_connects_completes_without_a_syn_retransmit() {
     // its event loop were busy for that moment): then only the listen
     // backlog decides whether a SYN is taken or dropped, whatever the
     // machine's speed.
-    let stopped = Stopped::new(server.pid());
+    let stopped = Stopped::new(server.engine_pid());
     let sockets: Vec<(OwnedFd, Instant)> = (0..BURST).map(|_| start_connect(server.addr)).collect();
     let mut stopped = Some(stopped);
     let resume_at = Instant::now() + CONNECT_BOUND;
@@ -425,7 +425,10 @@ fn helpers_exit_when_the_main_process_is_killed() {
     root.write("a.txt", "a\n");
     let mut server = Server::start(root.path(), &["--arch", "amped"]);
     assert_eq!(get(&server, "/a.txt").status, 200);
-    let helpers = await_helpers(&server, 8);
+    // Its worker (told by its control socket ending) and the helpers
+    // (by their parent-death signal) must all follow.
+    let mut helpers = await_helpers(&server, 8);
+    helpers.extend(server.worker_pids());
     signal(server.pid(), libc::SIGKILL);
     let (status, _) = server
         .wait_exit(IO_TIMEOUT)

@@ -161,7 +161,7 @@ fn readers_below_the_minimum_rate_are_cut_off_after_the_window() {
         &["--min-send-rate", "1K/s", "--send-rate-window", &window],
     );
     let port = server.addr.port();
-    let idle = proc_stats(server.pid()).expect("server stats");
+    let idle = proc_stats(server.engine_pid()).expect("server stats");
     let memory_before = tcp_kernel_memory_kib();
 
     let mut attackers = start_attackers(&server);
@@ -169,12 +169,13 @@ fn readers_below_the_minimum_rate_are_cut_off_after_the_window() {
     // All accepted, each with a response under way.
     assert!(
         wait_until(Duration::from_secs(10), || {
-            proc_stats(server.pid()).is_some_and(|s| s.descriptors >= idle.descriptors + ATTACKERS)
+            proc_stats(server.engine_pid())
+                .is_some_and(|s| s.descriptors >= idle.descriptors + ATTACKERS)
         }),
         "the server accepted only {:?} of {ATTACKERS} attacking connections",
-        proc_stats(server.pid()).map(|s| s.descriptors - idle.descriptors)
+        proc_stats(server.engine_pid()).map(|s| s.descriptors - idle.descriptors)
     );
-    let held = proc_stats(server.pid()).expect("server stats");
+    let held = proc_stats(server.engine_pid()).expect("server stats");
     let memory_held = tcp_kernel_memory_kib();
 
     // Normal clients meanwhile: one at full speed, one slow but above the
@@ -201,7 +202,7 @@ fn readers_below_the_minimum_rate_are_cut_off_after_the_window() {
         )
     });
     let (released, released_after, whole_ok, modest) = normal;
-    let after = proc_stats(server.pid()).expect("server survived");
+    let after = proc_stats(server.engine_pid()).expect("server survived");
     let memory_after = tcp_kernel_memory_kib();
     eprintln!(
         "slow readers: {ATTACKERS} held ({} server descriptors, idle {}), released after {:.1} s; \
