@@ -3,6 +3,7 @@
 //! to a graceful shutdown, and runs the engine. With no document root it
 //! serves an embedded demo site.
 
+mod access;
 mod demo_site;
 mod listen;
 mod process;
@@ -139,6 +140,14 @@ struct Cli {
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
+
+    /// Access log: a file (appended; reopened on SIGUSR1), - for standard output, or off.
+    #[arg(long, value_name = "PATH", default_value = "off", value_parser = access::parse_target)]
+    access_log: access::TargetArg,
+
+    /// Access log line format.
+    #[arg(long, value_enum, default_value_t = access::FormatArg::Combined)]
+    log_format: access::FormatArg,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -214,7 +223,12 @@ fn run(cli: Cli) -> Result<()> {
     // From here on a signal no longer kills the process before the demo
     // site is removed; one that arrives during startup stops the server
     // as soon as its loop runs.
-    let shutdown = signals::watch(demo.as_ref().map(|d| d.path().to_path_buf()))?;
+    // Opened with the privileges the server starts with, like nginx's.
+    let access_log = access::open(&cli.access_log, cli.log_format)?;
+    let shutdown = signals::watch(
+        demo.as_ref().map(|d| d.path().to_path_buf()),
+        access_log.as_ref().map(flash_core::AccessLog::handle),
+    )?;
     if let (Some(demo), Some(user)) = (&demo, &user) {
         demo.give_to(user.uid, user.gid)
             .with_context(|| format!("cannot give the demo site to user {}", user.name))?;
@@ -267,8 +281,11 @@ fn run(cli: Cli) -> Result<()> {
         .iter()
         .map(TcpListener::local_addr)
         .collect::<std::io::Result<_>>()?;
-    let server =
+    let mut server =
         Server::new(config, listeners, Some(shutdown)).context("cannot start the server")?;
+    if let Some(log) = access_log {
+        server.set_access_log(log);
+    }
     let what = match &demo {
         Some(demo) => format!("the demo site from {}", demo.path().display()),
         None => server_root_display(&cli),

@@ -2,6 +2,7 @@
 //! (stop accepting, finish responses in flight, bounded by
 //! `--shutdown-timeout`); a second one ends the process at once, as a user
 //! pressing Ctrl-C again expects, instead of waiting out the grace period.
+//! SIGUSR1 reopens the access log (after logrotate renamed it), like nginx.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -9,20 +10,31 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use flash_core::AccessLogHandle;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 /// Starts watching for the signals. Returns a socket that becomes readable
 /// on the first one (the engine's shutdown source). On the second, the
 /// demo site directory `demo` (if any) is removed and the process exits
 /// with 128 + the signal number; helpers follow by their parent-death signal.
-pub fn watch(demo: Option<PathBuf>) -> Result<OwnedFd> {
+/// SIGUSR1 makes `access_log` (if any) reopen its file, and is ignored
+/// without one.
+pub fn watch(demo: Option<PathBuf>, access_log: Option<AccessLogHandle>) -> Result<OwnedFd> {
     let (read_end, mut write_end) = UnixStream::pair()?;
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut signals = signals.forever();
+            let mut signals = signals.forever().filter(|&signal| {
+                if signal != SIGUSR1 {
+                    return true;
+                }
+                if let Some(log) = &access_log {
+                    log.reopen();
+                }
+                false
+            });
             if signals.next().is_some() {
                 // Nothing to do if the engine has gone: the process is exiting.
                 let _ = write_end.write_all(&[1]);
