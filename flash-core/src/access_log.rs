@@ -238,7 +238,9 @@ fn count_lines(bytes: &[u8]) -> u64 {
 /// The writer thread: takes handed-off lines and writes them, reopens on
 /// request, finishes what is pending when the log closes.
 fn writer(shared: Arc<Shared>, mut sink: Sink) {
-    let mut batch = Vec::new();
+    // Buffers circulate (engine -> hand-off -> writer -> hand-off ->
+    // engine); each starts with room for a chunk, so none grows per line.
+    let mut batch = Vec::with_capacity(HAND_OFF_AT);
     loop {
         let (reopen, closing) = {
             let mut state = shared.lock();
@@ -280,7 +282,10 @@ impl AccessLog {
     pub fn open(target: LogTarget, format: LogFormat) -> io::Result<AccessLog> {
         let sink = Sink::open(&target)?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                pending: Vec::with_capacity(HAND_OFF_AT),
+                ..State::default()
+            }),
             wake: Condvar::new(),
             dropped: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
