@@ -15,7 +15,7 @@ use log::{info, warn};
 use polling::{Event, Events, Poller};
 use slab::Slab;
 
-use crate::access_log::{AccessLog, EXIT_FLUSH_TIMEOUT};
+use crate::access_log::{AccessLog, AccessLogHandle, EXIT_FLUSH_TIMEOUT};
 use crate::cache::{Cached, MapCache, PathCache, PathHit, PathLimits};
 use crate::config::{Arch, Config};
 use crate::connection::{Connection, Flow, Lookup, SlowReader};
@@ -508,6 +508,11 @@ impl Server {
     /// finished (within a bound) when [`Server::run`] returns.
     pub fn set_access_log(&mut self, log: AccessLog) {
         self.ctx.access_log = Some(log);
+    }
+
+    /// A handle on the access log set, if any (its drop count, reopen).
+    pub fn access_log(&self) -> Option<AccessLogHandle> {
+        self.ctx.access_log.as_ref().map(AccessLog::handle)
     }
 
     /// Process ids of the helper processes (empty in SPED mode).
