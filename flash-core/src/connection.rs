@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::mem;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use flash_http::{
 };
 use log::{debug, warn};
 
+use crate::access_log::{Entry, RequestSpans};
 use crate::cache::Cached;
 use crate::config::HiddenFiles;
 use crate::file::{Contents, OpenFile};
@@ -232,8 +233,31 @@ impl SendProgress {
     }
 }
 
+/// What the access log needs of the response in progress (kept only when
+/// the server has an access log).
+#[derive(Clone, Copy, Debug)]
+struct ResponseLog {
+    /// A response was begun and not yet logged.
+    pending: bool,
+    /// Where its request head starts in the read buffer (it stays there
+    /// until the response ends), and whether there is one (a 408 for a
+    /// request body that never came has none).
+    head_at: usize,
+    has_request: bool,
+    status: u16,
+    /// Length of the response head: bytes sent beyond it are body bytes.
+    head_len: usize,
+    /// Bytes of the response handed to the kernel.
+    sent: u64,
+    /// When the request's first byte was read.
+    start: Instant,
+}
+
 pub struct Connection {
     socket: TcpStream,
+    /// The client's address (captured at accept; a PROXY protocol header
+    /// may replace it with the proxied client's).
+    pub client: SocketAddr,
     pub serial: u64,
     state: State,
     /// Fully initialised; `read_start..read_end` holds unconsumed bytes.
@@ -261,6 +285,9 @@ pub struct Connection {
     last_active: Instant,
     /// At least one response was completed on it.
     has_served: bool,
+    /// When the first byte of the current request head was read.
+    request_began_at: Instant,
+    log: ResponseLog,
 }
 
 /// How readily a connection is closed to make room for a new client:
@@ -278,12 +305,14 @@ pub enum Expendable {
 impl Connection {
     pub fn new(
         socket: TcpStream,
+        client: SocketAddr,
         serial: u64,
         now: Instant,
         header_deadline: Instant,
     ) -> Connection {
         Connection {
             socket,
+            client,
             serial,
             state: State::Reading,
             read_buf: Vec::new(),
@@ -302,6 +331,16 @@ impl Connection {
             progress: SendProgress::new(now, Duration::ZERO),
             last_active: now,
             has_served: false,
+            request_began_at: now,
+            log: ResponseLog {
+                pending: false,
+                head_at: 0,
+                has_request: false,
+                status: 0,
+                head_len: 0,
+                sent: 0,
+                start: now,
+            },
         }
     }
 
@@ -579,14 +618,16 @@ impl Connection {
     /// Bytes of a new request head arrived: its header timer starts.
     fn begin_request(&mut self, ctx: &Ctx) {
         self.request_begun = true;
+        self.request_began_at = ctx.now;
         self.deadline = Some(ctx.now + ctx.config.header_timeout);
     }
 
     fn on_bad_request(&mut self, ctx: &mut Ctx, error: RequestError) -> Step {
         debug!("bad request: {error:?}");
-        // The stream cannot be resynchronised: answer, then close.
-        self.read_start = self.read_end;
+        // The stream cannot be resynchronised: answer, then close (the
+        // head is logged from where it starts, so that is kept first).
         self.respond_fatal(ctx, error.status());
+        self.read_start = self.read_end;
         Step::Continue
     }
 
@@ -725,6 +766,7 @@ impl Connection {
             extra,
             head_only,
         );
+        self.log_begin(ctx, status);
         self.start_sending(ctx);
     }
 
@@ -851,6 +893,7 @@ impl Connection {
                 file.cache_head(ctype, &self.write_buf[start..]);
             }
         }
+        self.log_begin(ctx, status);
         if req.method == Method::Head || status == Status::NOT_MODIFIED {
             return;
         }
@@ -867,6 +910,65 @@ impl Connection {
                 rest,
             });
         }
+    }
+
+    // ---- access log ----------------------------------------------------
+
+    /// A response with `status` was built into the write buffer. The
+    /// request head is found again when the line is written (the buffer
+    /// may be lent out now); a replacement (a 503 for a body that could not
+    /// be read from the disk) only changes the status.
+    fn log_begin(&mut self, ctx: &Ctx, status: Status) {
+        if ctx.access_log.is_none() {
+            return;
+        }
+        let log = &mut self.log;
+        if !log.pending {
+            log.pending = true;
+            log.head_at = self.read_start;
+            log.has_request = self.discard == 0 && self.read_start < self.read_end;
+            log.sent = 0;
+            log.start = self.request_began_at;
+        }
+        log.status = status.0;
+        log.head_len = self
+            .write_buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(self.write_buf.len(), |i| i + 4);
+    }
+
+    /// Writes the access log line of the response begun, if any: when its
+    /// last byte was handed to the kernel, or when the connection closes
+    /// before (then with the bytes that left).
+    pub fn log_end(&mut self, ctx: &mut Ctx) {
+        if !mem::take(&mut self.log.pending) {
+            return;
+        }
+        let Some(access_log) = ctx.access_log.as_mut() else {
+            return;
+        };
+        let log = self.log;
+        let head = match log.has_request {
+            true => self
+                .read_buf
+                .get(log.head_at..self.read_end)
+                .unwrap_or_default(),
+            false => &[],
+        };
+        let spans = RequestSpans::scan(head);
+        let span = |(s, e): (usize, usize)| head.get(s..e).unwrap_or_default();
+        let entry = Entry {
+            client: self.client,
+            request_line: span(spans.line),
+            status: log.status,
+            body_bytes: log.sent.saturating_sub(log.head_len as u64),
+            total_bytes: log.sent,
+            referer: spans.referer.map(span),
+            user_agent: spans.user_agent.map(span),
+            duration: ctx.now.saturating_duration_since(log.start),
+        };
+        access_log.record(&entry, ctx.wall);
     }
 
     // ---- sending -------------------------------------------------------
@@ -978,7 +1080,8 @@ impl Connection {
 
     fn after_write(&mut self, ctx: &mut Ctx, result: io::Result<usize>) -> Step {
         match result {
-            Ok(_) => {
+            Ok(n) => {
+                self.log.sent += n as u64;
                 self.response_started = true;
                 self.progress.wrote(ctx.now);
                 // Only the window here: the stall limit is for deadlines (a
@@ -1013,6 +1116,7 @@ impl Connection {
     }
 
     fn finish_response(&mut self, ctx: &mut Ctx) -> Step {
+        self.log_end(ctx);
         // A timeout from here on judges the drain of what the kernel still
         // holds with a window of its own.
         self.progress.window = None;
@@ -1030,6 +1134,10 @@ impl Connection {
         }
         self.state = State::Reading;
         self.request_begun = (self.read_end - self.read_start) as u64 > self.discard;
+        if self.request_begun {
+            // A pipelined request: its bytes were waiting for this response.
+            self.request_began_at = ctx.now;
+        }
         self.deadline = Some(
             ctx.now
                 + if self.discard > 0 {

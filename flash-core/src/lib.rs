@@ -19,8 +19,10 @@
 //! - [`fs`]: confined resolution and prefetch (run by helpers, or inline);
 //! - [`residency`]: which bytes may be sent without waiting on the disk;
 //! - [`file`](mod@file), [`sys`], [`reactor`]: open files, libc and poller wrappers;
-//! - [`cache`], [`watch`]: the path and mapped-file caches, change notification.
+//! - [`cache`], [`watch`]: the path and mapped-file caches, change notification;
+//! - [`access_log`]: one line per response, written by a thread of its own.
 
+pub mod access_log;
 pub mod cache;
 pub mod codec;
 pub mod config;
@@ -36,6 +38,7 @@ pub mod server;
 pub mod sys;
 pub mod watch;
 
+pub use access_log::{AccessLog, AccessLogHandle, LogFormat, LogTarget};
 pub use config::{Arch, Config, HiddenFiles, DEFAULT_HELPERS, DEFAULT_INDEX_NAMES};
 pub use fs::SymlinkPolicy;
 pub use server::Server;

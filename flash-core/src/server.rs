@@ -5,7 +5,7 @@
 
 use std::io;
 use std::mem;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,6 +15,7 @@ use log::{info, warn};
 use polling::{Event, Events, Poller};
 use slab::Slab;
 
+use crate::access_log::{AccessLog, AccessLogHandle, EXIT_FLUSH_TIMEOUT};
 use crate::cache::{Cached, MapCache, PathCache, PathHit, PathLimits};
 use crate::config::{Arch, Config};
 use crate::connection::{Connection, Flow, Lookup, SlowReader};
@@ -140,6 +141,8 @@ pub struct Ctx {
     shed_log: LogThrottle,
     /// Clients cut off for reading too slowly.
     slow_reader_log: LogThrottle,
+    /// The access log, if one is kept (without it no log work is done).
+    pub access_log: Option<AccessLog>,
 }
 
 impl Ctx {
@@ -489,6 +492,7 @@ impl Server {
                 tick: 0,
                 shed_log: LogThrottle::new(now),
                 slow_reader_log: LogThrottle::new(now),
+                access_log: None,
             },
             listeners,
             shutdown,
@@ -500,6 +504,18 @@ impl Server {
             yielded: Vec::new(),
             yielded_spare: Vec::new(),
         })
+    }
+
+    /// Keeps an access log: one line per response from now on. Its lines
+    /// are handed to its writer thread once per loop iteration and
+    /// finished (within a bound) when [`Server::run`] returns.
+    pub fn set_access_log(&mut self, log: AccessLog) {
+        self.ctx.access_log = Some(log);
+    }
+
+    /// A handle on the access log set, if any (its drop count, reopen).
+    pub fn access_log(&self) -> Option<AccessLogHandle> {
+        self.ctx.access_log.as_ref().map(AccessLog::handle)
     }
 
     /// Process ids of the helper processes (empty in SPED mode).
@@ -597,6 +613,9 @@ impl Server {
                 next_sweep = self.ctx.now + SWEEP_EVERY;
             }
             self.maybe_resume_accept();
+            if let Some(log) = &mut self.ctx.access_log {
+                log.flush(self.ctx.now);
+            }
         }
         for listener in &self.listeners {
             reactor::deregister(&self.ctx.poller, listener.as_fd());
@@ -604,6 +623,9 @@ impl Server {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for idx in keys {
             self.close(idx);
+        }
+        if let Some(log) = self.ctx.access_log.take() {
+            log.close(EXIT_FLUSH_TIMEOUT);
         }
         Ok(())
     }
@@ -636,8 +658,10 @@ impl Server {
     }
 
     fn close(&mut self, idx: usize) {
-        if let Some(conn) = self.conns.try_remove(idx) {
+        if let Some(mut conn) = self.conns.try_remove(idx) {
             reactor::deregister(&self.ctx.poller, conn.socket().as_fd());
+            // A response cut short is logged with the bytes that left.
+            conn.log_end(&mut self.ctx);
         }
     }
 
@@ -723,8 +747,13 @@ impl Server {
         }
         self.next_serial += 1;
         let now = self.ctx.now;
+        let socket = TcpStream::from(fd);
+        let client = socket
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         entry.insert(Connection::new(
-            TcpStream::from(fd),
+            socket,
+            client,
             self.next_serial,
             now,
             now + self.ctx.config.header_timeout,

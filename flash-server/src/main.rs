@@ -5,6 +5,7 @@
 //! restarting, reloading and stopping them on signals. With no document root
 //! it serves an embedded demo site.
 
+mod access;
 mod demo_site;
 mod fds;
 mod listen;
@@ -149,6 +150,14 @@ struct Cli {
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
+
+    /// Access log: a file (appended; reopened on SIGUSR1), - for standard output, or off.
+    #[arg(long, value_name = "PATH", default_value = "off", value_parser = access::parse_target)]
+    access_log: access::TargetArg,
+
+    /// Access log line format.
+    #[arg(long, value_enum, default_value_t = access::FormatArg::Combined)]
+    log_format: access::FormatArg,
 }
 
 /// `--workers`: how many worker processes.

@@ -30,7 +30,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use crate::demo_site::DemoSite;
 use crate::systemd::{self, Notifier};
-use crate::{fds, listen, locate, process, worker, Cli};
+use crate::{access, fds, listen, locate, process, worker, Cli};
 
 /// Time a new worker gets to report that it serves.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -409,6 +409,9 @@ impl Supervisor {
             Event::Signal(SIGHUP) => self.begin_reload(),
             Event::Signal(SIGUSR1) => {
                 info!("reopening log files");
+                if let Err(e) = access::prepare_reopen(&self.plan.cli) {
+                    error!("{e:#}");
+                }
                 for w in &mut self.workers {
                     w.tell(worker::REOPEN);
                 }

@@ -23,10 +23,10 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use flash_core::Server;
+use flash_core::{AccessLog, AccessLogHandle, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
-use crate::{engine_config, fds, locate, process, Cli};
+use crate::{access, engine_config, fds, locate, process, Cli};
 
 /// Environment variable naming the worker's control socket descriptor; its
 /// presence makes the process a worker.
@@ -106,6 +106,9 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
     let (shutdown, shutdown_trigger) = UnixStream::pair()?;
     watch_signals(&shutdown_trigger)?;
     let (root, helper_path) = locate(&cli, root)?;
+    // Opened with the privileges the worker starts with, like nginx's.
+    let access_log = access::open(&cli.access_log, cli.log_format)?;
+    let log_handle = access_log.as_ref().map(AccessLog::handle);
     if let Some(user) = cli.user.as_deref().map(process::lookup_user).transpose()? {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -113,15 +116,18 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
         }
     }
     let config = engine_config(&cli, root, helper_path);
-    let server = Server::new(config, listeners, Some(OwnedFd::from(shutdown)))
+    let mut server = Server::new(config, listeners, Some(OwnedFd::from(shutdown)))
         .context("cannot start the server")?;
+    if let Some(log) = access_log {
+        server.set_access_log(log);
+    }
     log::debug!(
         "worker {} serving with {} helper process(es)",
         std::process::id(),
         server.helper_pids().len()
     );
     let mut reporter = control.try_clone()?;
-    spawn_control_reader(control, shutdown_trigger)?;
+    spawn_control_reader(control, shutdown_trigger, log_handle)?;
     // A supervisor that is gone cannot be told; the worker serves anyway
     // until its control socket reports the end.
     let _ = reporter.write_all(&[READY]);
@@ -150,7 +156,11 @@ fn watch_signals(shutdown_trigger: &UnixStream) -> Result<()> {
 }
 
 /// Reads the supervisor's orders until the control socket ends.
-fn spawn_control_reader(mut control: UnixStream, mut shutdown_trigger: UnixStream) -> Result<()> {
+fn spawn_control_reader(
+    mut control: UnixStream,
+    mut shutdown_trigger: UnixStream,
+    access_log: Option<AccessLogHandle>,
+) -> Result<()> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -158,7 +168,9 @@ fn spawn_control_reader(mut control: UnixStream, mut shutdown_trigger: UnixStrea
             loop {
                 match control.read(&mut byte) {
                     Ok(1) if byte[0] == REOPEN => {
-                        // No log file is kept open by the worker yet.
+                        if let Some(log) = &access_log {
+                            log.reopen();
+                        }
                     }
                     Ok(1) if byte[0] != STOP => {}
                     // STOP, end of file (supervisor gone) or an error.

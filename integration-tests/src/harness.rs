@@ -231,7 +231,13 @@ pub struct Server {
     stderr: Option<std::thread::JoinHandle<String>>,
     /// What the server wrote to stderr so far.
     stderr_so_far: Arc<Mutex<String>>,
+    /// What the server printed after its `listening on` line (up to
+    /// `STDOUT_KEPT` bytes; more is drained and discarded).
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
+
+/// Bytes of a server's standard output kept for [`Server::stdout_so_far`].
+const STDOUT_KEPT: usize = 16 << 20;
 
 impl Server {
     /// Starts `flash-server ROOT --listen 127.0.0.1:0 ARGS...` and waits for
@@ -311,13 +317,26 @@ impl Server {
         let addr = addr
             .parse()
             .map_err(|e| format!("bad address {addr}: {e}"))?;
-        // Drain stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
+        // Drain stdout so the server never blocks on a full pipe, keeping
+        // the start of it for tests that read it (`--access-log -`).
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        std::thread::spawn({
+            let kept = std::sync::Arc::clone(&kept);
+            move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+                    let mut kept = kept.lock().unwrap();
+                    let room = STDOUT_KEPT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&chunk[..n.min(room)]);
+                }
+            }
+        });
         Ok(Server {
             child: Some(child),
             addr,
             stderr: Some(stderr),
             stderr_so_far,
+            stdout: kept,
         })
     }
 
@@ -336,6 +355,11 @@ impl Server {
                 .count()
                 >= count
         })
+    }
+
+    /// What the server has printed on stdout since its `listening on` line.
+    pub fn stdout_so_far(&self) -> Vec<u8> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// The process the test started: the supervisor (signals go here).

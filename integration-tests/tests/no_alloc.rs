@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use flash_core::{Arch, Config, Server};
+use flash_core::{AccessLog, Arch, Config, LogFormat, LogTarget, Server};
 use integration_tests::harness::{binary, read_response, TempDir};
 
 struct CountingAllocator;
@@ -52,6 +52,17 @@ unsafe impl GlobalAlloc for CountingAllocator {
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 fn allocations_while_serving(arch: Arch, path: &str, requests: usize) -> u64 {
+    allocations_while_serving_logged(arch, path, requests, None)
+}
+
+/// As `allocations_while_serving`, with an access log in `format` (written
+/// to a file in the test's directory).
+fn allocations_while_serving_logged(
+    arch: Arch,
+    path: &str,
+    requests: usize,
+    log: Option<LogFormat>,
+) -> u64 {
     let root = TempDir::new("noalloc");
     root.write("small.html", vec![b'x'; 1024]);
     root.write("large.bin", vec![b'y'; 300 * 1024]);
@@ -65,8 +76,15 @@ fn allocations_while_serving(arch: Arch, path: &str, requests: usize) -> u64 {
     // per-request work: keep it out of the measured window.
     config.path_freshness = std::time::Duration::from_secs(3600);
     let allocations: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let log = log.map(|format| {
+        AccessLog::open(LogTarget::File(root.path().join("access.log")), format).unwrap()
+    });
     let server = std::thread::spawn(move || {
-        let server = Server::new(config, vec![listener], Some(OwnedFd::from(stop_reader))).unwrap();
+        let mut server =
+            Server::new(config, vec![listener], Some(OwnedFd::from(stop_reader))).unwrap();
+        if let Some(log) = log {
+            server.set_access_log(log);
+        }
         COUNTER.with(|c| c.set(Some(allocations)));
         server.run().unwrap();
         COUNTER.with(|c| c.set(None));
@@ -124,4 +142,15 @@ fn cached_large_file_requests_allocate_nothing_amped() {
 fn cached_requests_allocate_nothing_sped() {
     let n = allocations_while_serving(Arch::Sped, "/small.html", 300);
     assert_eq!(n, 0, "allocations for 300 cached requests (SPED)");
+}
+
+#[test]
+fn cached_requests_allocate_nothing_with_access_log() {
+    for format in [LogFormat::Combined, LogFormat::Json] {
+        let n = allocations_while_serving_logged(Arch::Amped, "/small.html", 300, Some(format));
+        assert_eq!(
+            n, 0,
+            "allocations for 300 cached requests with a {format:?} access log"
+        );
+    }
 }
