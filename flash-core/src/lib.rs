@@ -19,7 +19,8 @@
 //! - [`fs`]: confined resolution and prefetch (run by helpers, or inline);
 //! - [`residency`]: which bytes may be sent without waiting on the disk;
 //! - [`file`](mod@file), [`sys`], [`reactor`]: open files, libc and poller wrappers;
-//! - [`cache`], [`watch`]: the path and mapped-file caches, change notification.
+//! - [`cache`], [`watch`]: the path and mapped-file caches, change notification;
+//! - [`metrics`]: counters and gauges in memory shared with a supervisor.
 
 pub mod cache;
 pub mod codec;
@@ -28,6 +29,7 @@ pub mod connection;
 pub mod file;
 pub mod fs;
 pub mod ipc;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod reactor;
@@ -38,4 +40,5 @@ pub mod watch;
 
 pub use config::{Arch, Config, HiddenFiles, DEFAULT_HELPERS, DEFAULT_INDEX_NAMES};
 pub use fs::SymlinkPolicy;
+pub use metrics::{MetricsRegion, RegionError, Snapshot, WorkerMetrics};
 pub use server::Server;
