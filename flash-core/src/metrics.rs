@@ -15,6 +15,7 @@
 //! describe a live process and are zeroed by [`MetricsRegion::clear_gauges`]
 //! when the worker owning the slot exits.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
 use std::mem::size_of;
@@ -258,6 +259,236 @@ impl Snapshot {
         one(&mut self.cached_descriptors, &s.cached_descriptors);
         one(&mut self.mappings, &s.mappings);
         one(&mut self.mapped_bytes, &s.mapped_bytes);
+    }
+}
+
+/// Writes `# HELP` and `# TYPE` lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A family of one sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// A family with one label, one sample per label value.
+fn labelled(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) {
+    family(out, name, kind, help);
+    for (value_of_label, value) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value_of_label}\"}} {value}");
+    }
+}
+
+fn zip<'a, const N: usize>(labels: &[&'a str; N], values: &[u64; N]) -> [(&'a str, u64); N] {
+    std::array::from_fn(|i| (labels[i], values[i]))
+}
+
+impl Snapshot {
+    /// Appends the snapshot in the Prometheus text exposition format
+    /// (version 0.0.4: `# HELP`, `# TYPE`, samples; counters end in
+    /// `_total`, units in the names).
+    ///
+    /// Written by hand rather than with `prometheus-client`: its `text`
+    /// encoder writes OpenMetrics 1.0 (counter families named without
+    /// `_total` while their samples have it, `# EOF`), not the 0.0.4 format
+    /// served as `text/plain; version=0.0.4` (a separate Prometheus-text
+    /// encoder only appeared in its latest release); and its metric types
+    /// own in-process atomics, whereas these values are sums read from
+    /// shared memory at scrape time: a custom `Collector` can emit const
+    /// counters and gauges, but has no const histogram, so the histogram
+    /// would be hand-written anyway. The format is a few lines per family.
+    pub fn write_prometheus(&self, out: &mut String) {
+        labelled(
+            out,
+            "flash_http_requests_total",
+            "counter",
+            "HTTP responses by status class.",
+            "code",
+            &zip(
+                &["1xx", "2xx", "3xx", "4xx", "5xx"],
+                &self.requests_by_class,
+            ),
+        );
+        labelled(
+            out,
+            "flash_http_requests_by_method_total",
+            "counter",
+            "HTTP requests answered, by method (other: any other method, or none parsed).",
+            "method",
+            &zip(&METHOD_LABELS, &self.requests_by_method),
+        );
+        single(
+            out,
+            "flash_http_sent_bytes_total",
+            "counter",
+            "Bytes written to clients (response heads and bodies).",
+            self.sent_bytes,
+        );
+        let name = "flash_http_request_duration_seconds";
+        family(
+            out,
+            name,
+            "histogram",
+            "Time from a complete request head to the last byte of its response.",
+        );
+        let mut cumulative = 0;
+        for (i, count) in self.duration_buckets.iter().enumerate() {
+            cumulative += count;
+            match DURATION_BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(out, "{name}_sum {}", self.duration_sum_ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+        single(
+            out,
+            "flash_open_connections",
+            "gauge",
+            "Client connections open.",
+            self.open_connections,
+        );
+        single(
+            out,
+            "flash_connections_shed_total",
+            "counter",
+            "Connections closed to make room for new clients at the connection limit.",
+            self.connections_shed,
+        );
+        single(
+            out,
+            "flash_slow_readers_cut_total",
+            "counter",
+            "Clients cut off for reading their response too slowly.",
+            self.slow_readers_cut,
+        );
+        single(
+            out,
+            "flash_descriptor_exhaustion_total",
+            "counter",
+            "Times the process ran out of file descriptors (cached ones were closed).",
+            self.descriptor_exhaustion,
+        );
+        single(
+            out,
+            "flash_helper_jobs_queued",
+            "gauge",
+            "Disk jobs waiting for a helper process.",
+            self.helper_jobs_queued,
+        );
+        single(
+            out,
+            "flash_helpers_busy",
+            "gauge",
+            "Helper processes working on a job.",
+            self.helpers_busy,
+        );
+        labelled(
+            out,
+            "flash_helper_jobs_total",
+            "counter",
+            "Disk jobs submitted to helpers (identical jobs in flight are coalesced and counted once).",
+            "kind",
+            &zip(&JOB_LABELS, &self.helper_jobs),
+        );
+        single(
+            out,
+            "flash_helpers_respawned_total",
+            "counter",
+            "Helper processes started again after one died, hung or misbehaved.",
+            self.helpers_respawned,
+        );
+        labelled(
+            out,
+            "flash_cache_hits_total",
+            "counter",
+            "Cache lookups answered from the cache.",
+            "cache",
+            &zip(&CACHE_LABELS, &self.cache_hits),
+        );
+        labelled(
+            out,
+            "flash_cache_misses_total",
+            "counter",
+            "Cache lookups that missed.",
+            "cache",
+            &zip(&CACHE_LABELS, &self.cache_misses),
+        );
+        let name = "flash_residency_probes_total";
+        family(
+            out,
+            name,
+            "counter",
+            "Residency checks of a file window before sending it, by probe and answer.",
+        );
+        for (i, probe) in PROBE_LABELS.iter().enumerate() {
+            for (result, values) in [
+                ("resident", &self.probe_resident),
+                ("not_resident", &self.probe_not_resident),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{probe=\"{probe}\",result=\"{result}\"}} {}",
+                    values[i]
+                );
+            }
+        }
+        single(
+            out,
+            "flash_path_cache_entries",
+            "gauge",
+            "Entries of the pathname translation cache.",
+            self.path_cache_entries,
+        );
+        single(
+            out,
+            "flash_cached_contents_bytes",
+            "gauge",
+            "Bytes of small files held in memory by the path cache.",
+            self.contents_cache_bytes,
+        );
+        single(
+            out,
+            "flash_cached_descriptors",
+            "gauge",
+            "File descriptors held open by the path cache.",
+            self.cached_descriptors,
+        );
+        single(
+            out,
+            "flash_mappings",
+            "gauge",
+            "Mappings held by the mapped-file cache.",
+            self.mappings,
+        );
+        single(
+            out,
+            "flash_mapped_bytes",
+            "gauge",
+            "Bytes (whole pages) mapped by the mapped-file cache.",
+            self.mapped_bytes,
+        );
+        single(
+            out,
+            "flash_access_log_dropped_lines_total",
+            "counter",
+            "Access log lines dropped because the log could not keep up.",
+            self.access_log_dropped_lines,
+        );
     }
 }
 
@@ -641,6 +872,24 @@ mod tests {
             MetricsRegion::create(0),
             Err(RegionError::BadSlotCount(0))
         ));
+    }
+
+    #[test]
+    fn exposition_is_cumulative_and_typed() {
+        let region = Arc::new(MetricsRegion::create(1).unwrap());
+        let m = region.slot(0);
+        m.request_done(200, MethodClass::Get, Duration::from_micros(100));
+        m.request_done(200, MethodClass::Get, Duration::from_millis(700));
+        let mut text = String::new();
+        region.totals().write_prometheus(&mut text);
+        assert!(text.contains("flash_http_requests_total{code=\"2xx\"} 2\n"));
+        assert!(text.contains("flash_http_request_duration_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("flash_http_request_duration_seconds_bucket{le=\"0.5\"} 1\n"));
+        assert!(text.contains("flash_http_request_duration_seconds_bucket{le=\"1\"} 2\n"));
+        assert!(text.contains("flash_http_request_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("flash_http_request_duration_seconds_count 2\n"));
+        assert!(text.contains("flash_http_request_duration_seconds_sum 0.7001\n"));
+        assert!(text.contains("# TYPE flash_open_connections gauge\n"));
     }
 
     #[test]
