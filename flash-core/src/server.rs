@@ -20,6 +20,7 @@ use crate::config::{Arch, Config};
 use crate::connection::{Connection, Flow, Lookup, SlowReader};
 use crate::file::OpenFile;
 use crate::fs::{FsError, Resolution, Resolver};
+use crate::metrics::{CacheKind, ProbeKind, WorkerMetrics};
 use crate::pool::{Completion, Found, FoundFile, HelperPool, JobKind, Outcome, PoolConfig, Waiter};
 use crate::reactor;
 use crate::residency::{self, Probe, Residency};
@@ -133,6 +134,11 @@ pub struct Ctx {
     shed_log: LogThrottle,
     /// Clients cut off for reading too slowly.
     slow_reader_log: LogThrottle,
+    /// This engine's counters and gauges (a private region unless
+    /// [`Server::set_metrics`] gave it a slot of a shared one).
+    pub metrics: WorkerMetrics,
+    /// Mapped-file cache lookups already added to `metrics` (hits, misses).
+    published_map_lookups: (u64, u64),
 }
 
 impl Ctx {
@@ -144,6 +150,10 @@ impl Ctx {
             Some(paths) => paths.get(path, ends_with_slash, self.now),
             None => PathHit::Miss,
         };
+        if self.paths.is_some() {
+            self.metrics
+                .cache_lookup(CacheKind::Path, !matches!(hit, PathHit::Miss));
+        }
         match (hit, &mut self.backend) {
             (PathHit::Fresh(cached), _) => Some(cached.into()),
             (PathHit::Aging(cached), Backend::Helpers { pool, .. }) => {
@@ -294,6 +304,7 @@ impl Ctx {
     /// The process ran out of descriptors: close the cached ones (they can
     /// be opened again), logged at most once per interval.
     pub fn shed_descriptors(&mut self) {
+        WorkerMetrics::inc(&self.metrics.descriptor_exhaustion);
         let closed = self.paths.as_mut().map_or(0, PathCache::shed_descriptors);
         if let Some(times) = self.shed_log.count(self.now) {
             warn!("out of descriptors ({times} time(s) since the last report): closed {closed} cached file(s); accepting pauses briefly");
@@ -303,6 +314,7 @@ impl Ctx {
     /// A client was cut off for not reading its response (fast enough),
     /// logged at most once per interval.
     pub fn note_slow_reader(&mut self, why: SlowReader) {
+        WorkerMetrics::inc(&self.metrics.slow_readers_cut);
         if let Some(count) = self.slow_reader_log.count(self.now) {
             let (rate, window) = (self.config.min_send_rate, self.config.send_rate_window);
             warn!("closed {count} slow reader(s) (latest: {why:?}; minimum {rate} bytes/s over {window:?}, send timeout {:?})", self.config.send_timeout);
@@ -325,6 +337,14 @@ impl Ctx {
             return until.min(end);
         }
         let until = residency.resident_until(file, &mut self.maps, start, end);
+        if file.holds_descriptor() {
+            let probe = match file.probe.get() {
+                Probe::Mincore => ProbeKind::Mincore,
+                Probe::NoWaitRead => ProbeKind::NoWaitRead,
+                Probe::LoadedRecently => ProbeKind::Model,
+            };
+            self.metrics.probe(probe, until > start);
+        }
         if until > start {
             file.memo_residency(self.tick, start, until);
         }
@@ -470,7 +490,8 @@ impl Server {
         };
         let map_cache_bytes = config.map_cache_bytes;
         let now = Instant::now();
-        Ok(Server {
+        let metrics = WorkerMetrics::private()?;
+        let mut server = Server {
             conns: Slab::with_capacity(1024),
             ctx: Ctx {
                 config,
@@ -486,6 +507,8 @@ impl Server {
                 tick: 0,
                 shed_log: LogThrottle::new(now),
                 slow_reader_log: LogThrottle::new(now),
+                metrics: metrics.clone(),
+                published_map_lookups: (0, 0),
             },
             listeners,
             shutdown,
@@ -496,7 +519,49 @@ impl Server {
             accept_resume_at: None,
             yielded: Vec::new(),
             yielded_spare: Vec::new(),
-        })
+        };
+        // The pool counts into the same slot as the rest of the engine.
+        server.set_metrics(metrics);
+        Ok(server)
+    }
+
+    /// Counts into `metrics` (a slot of a region the supervisor reads)
+    /// instead of the engine's private one. Call before [`Server::run`]:
+    /// what was counted before stays in the old region.
+    pub fn set_metrics(&mut self, metrics: WorkerMetrics) {
+        if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {
+            pool.set_metrics(metrics.clone());
+        }
+        self.ctx.metrics = metrics;
+    }
+
+    /// Publishes the gauges (and the mapped-file cache's lookups) to the
+    /// metrics slot: a few relaxed stores per loop iteration, so a scrape
+    /// sees the state as of the last iteration.
+    fn publish_metrics(&mut self) {
+        let ctx = &mut self.ctx;
+        let m = &ctx.metrics;
+        WorkerMetrics::set(&m.open_connections, self.conns.len() as u64);
+        if let Backend::Helpers { pool, .. } = &ctx.backend {
+            WorkerMetrics::set(&m.helper_jobs_queued, pool.queued() as u64);
+            WorkerMetrics::set(&m.helpers_busy, pool.busy() as u64);
+        }
+        let (entries, contents, descriptors) = ctx.paths.as_ref().map_or((0, 0, 0), |p| {
+            (p.len() as u64, p.memory(), p.descriptors() as u64)
+        });
+        WorkerMetrics::set(&m.path_cache_entries, entries);
+        WorkerMetrics::set(&m.contents_cache_bytes, contents);
+        WorkerMetrics::set(&m.cached_descriptors, descriptors);
+        WorkerMetrics::set(&m.mappings, ctx.maps.mappings() as u64);
+        WorkerMetrics::set(&m.mapped_bytes, ctx.maps.mapped_bytes());
+        // Counters only grow (also across a restart into a reused slot):
+        // add what is new since the last look.
+        let (hits, misses) = ctx.maps.lookups();
+        let (old_hits, old_misses) = ctx.published_map_lookups;
+        let kind = CacheKind::MappedFile as usize;
+        m.cache_hits[kind].fetch_add(hits - old_hits, std::sync::atomic::Ordering::Relaxed);
+        m.cache_misses[kind].fetch_add(misses - old_misses, std::sync::atomic::Ordering::Relaxed);
+        ctx.published_map_lookups = (hits, misses);
     }
 
     /// Process ids of the helper processes (empty in SPED mode).
@@ -588,6 +653,7 @@ impl Server {
                 next_sweep = self.ctx.now + SWEEP_EVERY;
             }
             self.maybe_resume_accept();
+            self.publish_metrics();
         }
         for listener in &self.listeners {
             reactor::deregister(&self.ctx.poller, listener.as_fd());
@@ -596,6 +662,7 @@ impl Server {
         for idx in keys {
             self.close(idx);
         }
+        self.publish_metrics();
         Ok(())
     }
 
@@ -629,6 +696,7 @@ impl Server {
     fn close(&mut self, idx: usize) {
         if let Some(conn) = self.conns.try_remove(idx) {
             reactor::deregister(&self.ctx.poller, conn.socket().as_fd());
+            conn.count_response(&self.ctx);
         }
     }
 
@@ -695,6 +763,7 @@ impl Server {
     /// Closes `victim` to make room, logged at most once per interval.
     fn close_for_room(&mut self, victim: usize) {
         self.close(victim);
+        WorkerMetrics::inc(&self.ctx.metrics.connections_shed);
         if let Some(closed) = self.room_log.count(self.ctx.now) {
             warn!(
                 "at the connection limit ({}): closed {closed} idle or slow connection(s) to make room",
