@@ -5,16 +5,21 @@
 
 mod demo_site;
 mod listen;
+mod metrics_http;
 mod process;
 mod signals;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use flash_core::{Arch, Config, HiddenFiles, Server, SymlinkPolicy, DEFAULT_INDEX_NAMES};
+use flash_core::{
+    Arch, Config, HiddenFiles, MetricsRegion, Server, SymlinkPolicy, DEFAULT_INDEX_NAMES,
+};
 
 /// A fast static-file HTTP/1.1 server: one event loop, helper processes for
 /// the disk (the AMPED architecture of the Flash web server).
@@ -135,6 +140,10 @@ struct Cli {
     /// Bytes of files kept mapped (the mapped-file cache; 0 maps on every use).
     #[arg(long, value_name = "BYTES", default_value = "128M", value_parser = parse_size)]
     cache_memory: u64,
+
+    /// Serve GET /metrics (Prometheus text format) and GET /healthz on this address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
@@ -258,6 +267,12 @@ fn run(cli: Cli) -> Result<()> {
             listen::bind(addr, backlog).with_context(|| format!("cannot listen on {addr}"))
         })
         .collect::<Result<Vec<_>>>()?;
+    let metrics_listener = cli
+        .metrics_listen
+        .map(|addr| {
+            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (metrics)"))
+        })
+        .transpose()?;
     if let Some(user) = &user {
         process::drop_privileges(user)?;
     }
@@ -267,8 +282,21 @@ fn run(cli: Cli) -> Result<()> {
         .iter()
         .map(TcpListener::local_addr)
         .collect::<std::io::Result<_>>()?;
-    let server =
+    let mut server =
         Server::new(config, listeners, Some(shutdown)).context("cannot start the server")?;
+    // One worker, one slot; healthy while the engine runs.
+    let running = Arc::new(AtomicBool::new(true));
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let region = Arc::new(MetricsRegion::create(1)?);
+            server.set_metrics(region.slot(0));
+            let addr = listener.local_addr()?;
+            let running = Arc::clone(&running);
+            metrics_http::spawn(listener, region, Arc::new(move || running.load(Relaxed)))?;
+            Some(addr)
+        }
+        None => None,
+    };
     let what = match &demo {
         Some(demo) => format!("the demo site from {}", demo.path().display()),
         None => server_root_display(&cli),
@@ -284,7 +312,12 @@ fn run(cli: Cli) -> Result<()> {
     for addr in &addrs {
         println!("listening on http://{addr}");
     }
-    server.run().context("event loop failed")?;
+    if let Some(addr) = metrics_addr {
+        println!("metrics on http://{addr}");
+    }
+    let result = server.run();
+    running.store(false, Relaxed);
+    result.context("event loop failed")?;
     drop(demo);
     Ok(())
 }
