@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Bound on any single wait in the tests: a hang fails instead of blocking CI.
@@ -229,7 +229,13 @@ pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// The lines the server printed on stdout so far (the first is its
+    /// `listening on` line), kept by the thread that drains the pipe.
+    stdout: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
+
+/// Most stdout lines kept per server (later ones are drained, not kept).
+const MAX_STDOUT_LINES: usize = 1000;
 
 impl Server {
     /// Starts `flash-server ROOT --listen 127.0.0.1:0 ARGS...` and waits for
@@ -298,13 +304,51 @@ impl Server {
         let addr = addr
             .parse()
             .map_err(|e| format!("bad address {addr}: {e}"))?;
-        // Drain stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
+        // Drain stdout so the server never blocks on a full pipe, keeping
+        // its lines for `stdout_line`.
+        let lines = Arc::new((
+            Mutex::new(vec![line.trim_end().to_string()]),
+            Condvar::new(),
+        ));
+        let kept = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let (list, changed) = &*kept;
+                let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+                if list.len() < MAX_STDOUT_LINES {
+                    list.push(line);
+                    changed.notify_all();
+                }
+            }
+        });
         Ok(Server {
             child: Some(child),
             addr,
             stderr: Some(stderr),
+            stdout: lines,
         })
+    }
+
+    /// The first stdout line starting with `prefix`, waiting for it up to
+    /// `timeout` (`None` if it was not printed by then).
+    pub fn stdout_line(&self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (list, changed) = &*self.stdout;
+        let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(line) = list.iter().find(|l| l.starts_with(prefix)) {
+                return Some(line.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            list = changed
+                .wait_timeout(list, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     pub fn pid(&self) -> u32 {
