@@ -63,8 +63,11 @@ pub const BUCKETS: usize = DURATION_BUCKETS.len() + 1;
 /// The request method, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodClass {
+    /// `GET`
     Get = 0,
+    /// `HEAD`
     Head = 1,
+    /// `OPTIONS`
     Options = 2,
     /// Any other method, or a request too malformed to have one.
     Other = 3,
@@ -91,7 +94,9 @@ pub const CACHE_LABELS: [&str; 3] = ["path", "response_head", "mapped_file"];
 /// A residency probe, as counted (mirrors `residency::Probe`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeKind {
+    /// `mincore` on a mapping.
     Mincore = 0,
+    /// `preadv2(RWF_NOWAIT)`.
     NoWaitRead = 1,
     /// The "loaded recently" model, where no probe can tell.
     Model = 2,
@@ -103,7 +108,9 @@ pub const PROBE_LABELS: [&str; 3] = ["mincore", "rwf_nowait", "model"];
 /// Kinds of helper jobs, in the order counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobClass {
+    /// Find, open and stat a path.
     Resolve = 0,
+    /// Bring a window of a file into the page cache.
     Prefetch = 1,
 }
 
@@ -125,11 +132,13 @@ pub struct Slot {
     pub duration_buckets: [AtomicU64; BUCKETS],
     /// Sum of request durations in nanoseconds.
     pub duration_sum_ns: AtomicU64,
-    /// Cache hits and misses by [`CacheKind`].
+    /// Cache hits by [`CacheKind`].
     pub cache_hits: [AtomicU64; 3],
+    /// Cache misses by [`CacheKind`].
     pub cache_misses: [AtomicU64; 3],
-    /// Residency answers by [`ProbeKind`]: the window was resident / not.
+    /// Residency answers "resident" by [`ProbeKind`].
     pub probe_resident: [AtomicU64; 3],
+    /// Residency answers "not resident" (a prefetch follows) by [`ProbeKind`].
     pub probe_not_resident: [AtomicU64; 3],
     /// Helper jobs submitted (coalesced ones not counted) by [`JobClass`].
     pub helper_jobs: [AtomicU64; 2],
@@ -156,8 +165,9 @@ pub struct Slot {
     pub contents_cache_bytes: AtomicU64,
     /// File descriptors the path cache keeps open.
     pub cached_descriptors: AtomicU64,
-    /// Mappings of the mapped-file cache, and their bytes (whole pages).
+    /// Mappings of the mapped-file cache.
     pub mappings: AtomicU64,
+    /// Bytes (whole pages) the mapped-file cache has mapped.
     pub mapped_bytes: AtomicU64,
     /// Pads the slot to whole cache lines (room for new fields).
     _reserved: [AtomicU64; 3],
@@ -190,8 +200,10 @@ const _: () = assert!(
 );
 
 /// The sum of all slots at one moment (each value read `Relaxed`, so the
-/// values are each exact but not one atomic snapshot).
+/// values are each exact but not one atomic snapshot). Each field is the
+/// sum of the [`Slot`] field of the same name, documented there.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
 pub struct Snapshot {
     pub requests_by_class: [u64; 5],
     pub requests_by_method: [u64; 4],
