@@ -276,6 +276,11 @@ fn writer(shared: Arc<Shared>, mut sink: Sink) {
 }
 
 impl AccessLog {
+    /// Lines dropped so far because the log could not keep up.
+    pub fn dropped_lines(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
     /// Opens the destination (in the calling thread, so errors show at
     /// start and the file is opened with the caller's privileges) and
     /// starts the writer thread.

@@ -506,6 +506,9 @@ pub struct MapCache {
     slots: Vec<Option<Chunk>>,
     free: Vec<usize>,
     hand: usize,
+    /// Lookups that found their chunk mapped, and those that mapped it.
+    hits: u64,
+    misses: u64,
 }
 
 impl MapCache {
@@ -521,7 +524,14 @@ impl MapCache {
             slots: Vec::new(),
             free: Vec::new(),
             hand: 0,
+            hits: 0,
+            misses: 0,
         }
+    }
+
+    /// Lookups so far: (chunk already mapped, chunk mapped for it).
+    pub fn lookups(&self) -> (u64, u64) {
+        (self.hits, self.misses)
     }
 
     /// Mapped addresses of `start..end` of `file`, which must lie in one
@@ -549,8 +559,14 @@ impl MapCache {
             index,
         };
         let slot = match self.index.get(&key) {
-            Some(&slot) => slot,
-            None => self.map_chunk(fd, file.len(), key)?,
+            Some(&slot) => {
+                self.hits += 1;
+                slot
+            }
+            None => {
+                self.misses += 1;
+                self.map_chunk(fd, file.len(), key)?
+            }
         };
         let chunk = self.slots[slot].as_mut()?;
         chunk.referenced = true;

@@ -32,6 +32,7 @@ use crate::cache::Cached;
 use crate::config::HiddenFiles;
 use crate::file::{Contents, OpenFile};
 use crate::fs::FsError;
+use crate::metrics::{CacheKind, MethodClass};
 use crate::pool::Waiter;
 use crate::server::Ctx;
 use crate::sys;
@@ -288,6 +289,11 @@ pub struct Connection {
     /// When the first byte of the current request head was read.
     request_began_at: Instant,
     log: ResponseLog,
+    /// Status of the response being sent (0: none), counted when it ends.
+    status: u16,
+    /// Method of the request being answered, and when its head was complete.
+    method: MethodClass,
+    request_at: Instant,
 }
 
 /// How readily a connection is closed to make room for a new client:
@@ -341,6 +347,19 @@ impl Connection {
                 sent: 0,
                 start: now,
             },
+            status: 0,
+            method: MethodClass::Other,
+            request_at: now,
+        }
+    }
+
+    /// Counts the response in progress, if any: when it is complete, or
+    /// when the connection closes before it finished (cut off, reset,
+    /// shutdown), so every response built is counted once.
+    pub fn count_response(&self, ctx: &Ctx) {
+        if self.status != 0 {
+            let duration = ctx.now.saturating_duration_since(self.request_at);
+            ctx.metrics.request_done(self.status, self.method, duration);
         }
     }
 
@@ -449,6 +468,8 @@ impl Connection {
             && !self.response_started
         {
             debug!("request head or body timeout");
+            self.method = MethodClass::Other;
+            self.request_at = ctx.now;
             self.respond_fatal(ctx, Status::REQUEST_TIMEOUT);
             // The 408 gets the linger time to leave, not a full send timeout.
             self.progress = SendProgress::new(ctx.now, ctx.config.send_timeout.min(LINGER));
@@ -626,6 +647,8 @@ impl Connection {
         debug!("bad request: {error:?}");
         // The stream cannot be resynchronised: answer, then close (the
         // head is logged from where it starts, so that is kept first).
+        self.method = MethodClass::Other;
+        self.request_at = ctx.now;
         self.respond_fatal(ctx, error.status());
         self.read_start = self.read_end;
         Step::Continue
@@ -634,6 +657,13 @@ impl Connection {
     fn on_request(&mut self, me: Waiter, ctx: &mut Ctx, req: &Request<'_>) -> Step {
         self.request_begun = false;
         self.deadline = None;
+        self.method = match req.method {
+            Method::Get => MethodClass::Get,
+            Method::Head => MethodClass::Head,
+            Method::Options => MethodClass::Options,
+            Method::NotAllowed => MethodClass::Other,
+        };
+        self.request_at = ctx.now;
         match req.method {
             Method::Get | Method::Head
                 if ctx.config.hidden == HiddenFiles::Deny && is_hidden(&req.path) =>
@@ -757,6 +787,7 @@ impl Connection {
         extra: ErrorExtra<'_>,
         head_only: bool,
     ) {
+        self.status = status.0;
         let date = ctx.date.get(ctx.wall);
         write_error_response(
             &mut self.write_buf,
@@ -863,10 +894,16 @@ impl Connection {
             )),
             _ => None,
         };
+        self.status = status.0;
         let date = ctx.date.get(ctx.wall);
         // The plain 200 keep-alive head is the hot one: built once per file.
         let cacheable = ctx.config.header_cache && self.keep_alive && selection == Selection::Full;
-        if !(cacheable && file.write_cached_head(&mut self.write_buf, ctype, date)) {
+        let cached_head = cacheable && file.write_cached_head(&mut self.write_buf, ctype, date);
+        if cacheable {
+            ctx.metrics
+                .cache_lookup(CacheKind::ResponseHead, cached_head);
+        }
+        if !cached_head {
             let start = self.write_buf.len();
             let mut head = ResponseHead::new(&mut self.write_buf, status, date);
             match (&selection, &multipart) {
@@ -1082,6 +1119,7 @@ impl Connection {
         match result {
             Ok(n) => {
                 self.log.sent += n as u64;
+                ctx.metrics.add_sent_bytes(n as u64);
                 self.response_started = true;
                 self.progress.wrote(ctx.now);
                 // Only the window here: the stall limit is for deadlines (a
@@ -1117,6 +1155,8 @@ impl Connection {
 
     fn finish_response(&mut self, ctx: &mut Ctx) -> Step {
         self.log_end(ctx);
+        self.count_response(ctx);
+        self.status = 0;
         // A timeout from here on judges the drain of what the kernel still
         // holds with a window of its own.
         self.progress.window = None;

@@ -21,6 +21,7 @@
 //! - [`file`](mod@file), [`sys`], [`reactor`]: open files, libc and poller wrappers;
 //! - [`cache`], [`watch`]: the path and mapped-file caches, change notification;
 //! - [`access_log`]: one line per response, written by a thread of its own.
+//! - [`metrics`]: counters and gauges in memory shared with a supervisor.
 
 pub mod access_log;
 pub mod cache;
@@ -30,6 +31,7 @@ pub mod connection;
 pub mod file;
 pub mod fs;
 pub mod ipc;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod reactor;
@@ -41,4 +43,5 @@ pub mod watch;
 pub use access_log::{AccessLog, AccessLogHandle, LogFormat, LogTarget};
 pub use config::{Arch, Config, HiddenFiles, DEFAULT_HELPERS, DEFAULT_INDEX_NAMES};
 pub use fs::SymlinkPolicy;
+pub use metrics::{MetricsRegion, RegionError, Snapshot, WorkerMetrics};
 pub use server::Server;

@@ -31,6 +31,7 @@ use crate::codec;
 use crate::file::OpenFile;
 use crate::fs::{FileMeta, FsError, SymlinkPolicy};
 use crate::ipc;
+use crate::metrics::{JobClass, WorkerMetrics};
 use crate::protocol::{FromHelper, ToHelper, PROTOCOL_VERSION};
 use crate::reactor;
 use crate::sys;
@@ -209,6 +210,10 @@ pub struct HelperPool {
     watch_fd: Option<OwnedFd>,
     /// This process ran out of descriptors since the last look.
     out_of_descriptors: bool,
+    /// Where jobs submitted and helpers respawned are counted.
+    metrics: WorkerMetrics,
+    /// The first helpers are started: later spawns are respawns.
+    started: bool,
 }
 
 /// Where a helper finds its socket and the inotify instance.
@@ -255,12 +260,33 @@ impl HelperPool {
             recv_buf: vec![0; codec::MAX_WIRE_LEN],
             watch_fd,
             out_of_descriptors: false,
+            metrics: WorkerMetrics::private()?,
+            started: false,
         };
         for slot in 0..helpers {
             // At start a helper that cannot be spawned is a configuration error.
             pool.spawn(slot, poller)?;
         }
+        pool.started = true;
         Ok(pool)
+    }
+
+    /// Counts into `metrics` from now on (jobs by kind, respawns).
+    pub fn set_metrics(&mut self, metrics: WorkerMetrics) {
+        self.metrics = metrics;
+    }
+
+    /// Jobs waiting for a helper.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Helpers working on a job.
+    pub fn busy(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Busy { .. }))
+            .count()
     }
 
     /// Process ids of the running helpers.
@@ -302,6 +328,11 @@ impl HelperPool {
         }
         let id = self.next_id;
         self.next_id += 1;
+        let class = match job.kind {
+            JobKind::Resolve { .. } => JobClass::Resolve,
+            JobKind::Prefetch { .. } => JobClass::Prefetch,
+        };
+        WorkerMetrics::inc(&self.metrics.helper_jobs[class as usize]);
         self.by_key.insert(key, id);
         self.jobs.insert(id, job);
         self.queue.push_back(id);
@@ -611,6 +642,9 @@ impl HelperPool {
 
     fn spawn(&mut self, slot: usize, poller: &Poller) -> io::Result<()> {
         let result = self.try_spawn(slot, poller);
+        if self.started && result.is_ok() {
+            WorkerMetrics::inc(&self.metrics.helpers_respawned);
+        }
         if result.as_ref().is_err_and(is_out_of_descriptors) {
             self.out_of_descriptors = true;
         }

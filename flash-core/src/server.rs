@@ -21,6 +21,7 @@ use crate::config::{Arch, Config};
 use crate::connection::{Connection, Flow, Lookup, SlowReader};
 use crate::file::OpenFile;
 use crate::fs::{FsError, Resolution, Resolver};
+use crate::metrics::{CacheKind, ProbeKind, WorkerMetrics};
 use crate::pool::{Completion, Found, FoundFile, HelperPool, JobKind, Outcome, PoolConfig, Waiter};
 use crate::reactor;
 use crate::residency::{self, Probe, Residency};
@@ -143,6 +144,13 @@ pub struct Ctx {
     slow_reader_log: LogThrottle,
     /// The access log, if one is kept (without it no log work is done).
     pub access_log: Option<AccessLog>,
+    /// This engine's counters and gauges (a private region unless
+    /// [`Server::set_metrics`] gave it a slot of a shared one).
+    pub metrics: WorkerMetrics,
+    /// Mapped-file cache lookups already added to `metrics` (hits, misses).
+    published_map_lookups: (u64, u64),
+    /// Access log lines dropped already added to `metrics`.
+    published_log_drops: u64,
 }
 
 impl Ctx {
@@ -154,6 +162,10 @@ impl Ctx {
             Some(paths) => paths.get(path, ends_with_slash, self.now),
             None => PathHit::Miss,
         };
+        if self.paths.is_some() {
+            self.metrics
+                .cache_lookup(CacheKind::Path, !matches!(hit, PathHit::Miss));
+        }
         match (hit, &mut self.backend) {
             (PathHit::Fresh(cached), _) => Some(cached.into()),
             (PathHit::Aging(cached), Backend::Helpers { pool, .. }) => {
@@ -304,6 +316,7 @@ impl Ctx {
     /// The process ran out of descriptors: close the cached ones (they can
     /// be opened again), logged at most once per interval.
     pub fn shed_descriptors(&mut self) {
+        WorkerMetrics::inc(&self.metrics.descriptor_exhaustion);
         let closed = self.paths.as_mut().map_or(0, PathCache::shed_descriptors);
         if let Some(times) = self.shed_log.count(self.now) {
             warn!("out of descriptors ({times} time(s) since the last report): closed {closed} cached file(s); accepting pauses briefly");
@@ -313,6 +326,7 @@ impl Ctx {
     /// A client was cut off for not reading its response (fast enough),
     /// logged at most once per interval.
     pub fn note_slow_reader(&mut self, why: SlowReader) {
+        WorkerMetrics::inc(&self.metrics.slow_readers_cut);
         if let Some(count) = self.slow_reader_log.count(self.now) {
             let (rate, window) = (self.config.min_send_rate, self.config.send_rate_window);
             warn!("closed {count} slow reader(s) (latest: {why:?}; minimum {rate} bytes/s over {window:?}, send timeout {:?})", self.config.send_timeout);
@@ -335,6 +349,14 @@ impl Ctx {
             return until.min(end);
         }
         let until = residency.resident_until(file, &mut self.maps, start, end);
+        if file.holds_descriptor() {
+            let probe = match file.probe.get() {
+                Probe::Mincore => ProbeKind::Mincore,
+                Probe::NoWaitRead => ProbeKind::NoWaitRead,
+                Probe::LoadedRecently => ProbeKind::Model,
+            };
+            self.metrics.probe(probe, until > start);
+        }
         if until > start {
             file.memo_residency(self.tick, start, until);
         }
@@ -476,7 +498,8 @@ impl Server {
         };
         let map_cache_bytes = config.map_cache_bytes;
         let now = Instant::now();
-        Ok(Server {
+        let metrics = WorkerMetrics::private()?;
+        let mut server = Server {
             conns: Slab::with_capacity(1024),
             ctx: Ctx {
                 config,
@@ -493,6 +516,9 @@ impl Server {
                 shed_log: LogThrottle::new(now),
                 slow_reader_log: LogThrottle::new(now),
                 access_log: None,
+                metrics: metrics.clone(),
+                published_map_lookups: (0, 0),
+                published_log_drops: 0,
             },
             listeners,
             shutdown,
@@ -503,7 +529,54 @@ impl Server {
             accept_resume_at: None,
             yielded: Vec::new(),
             yielded_spare: Vec::new(),
-        })
+        };
+        // The pool counts into the same slot as the rest of the engine.
+        server.set_metrics(metrics);
+        Ok(server)
+    }
+
+    /// Counts into `metrics` (a slot of a region the supervisor reads)
+    /// instead of the engine's private one. Call before [`Server::run`]:
+    /// what was counted before stays in the old region.
+    pub fn set_metrics(&mut self, metrics: WorkerMetrics) {
+        if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {
+            pool.set_metrics(metrics.clone());
+        }
+        self.ctx.metrics = metrics;
+    }
+
+    /// Publishes the gauges (and the mapped-file cache's lookups) to the
+    /// metrics slot: a few relaxed stores per loop iteration, so a scrape
+    /// sees the state as of the last iteration.
+    fn publish_metrics(&mut self) {
+        let ctx = &mut self.ctx;
+        let m = &ctx.metrics;
+        WorkerMetrics::set(&m.open_connections, self.conns.len() as u64);
+        if let Backend::Helpers { pool, .. } = &ctx.backend {
+            WorkerMetrics::set(&m.helper_jobs_queued, pool.queued() as u64);
+            WorkerMetrics::set(&m.helpers_busy, pool.busy() as u64);
+        }
+        let (entries, contents, descriptors) = ctx.paths.as_ref().map_or((0, 0, 0), |p| {
+            (p.len() as u64, p.memory(), p.descriptors() as u64)
+        });
+        WorkerMetrics::set(&m.path_cache_entries, entries);
+        WorkerMetrics::set(&m.contents_cache_bytes, contents);
+        WorkerMetrics::set(&m.cached_descriptors, descriptors);
+        WorkerMetrics::set(&m.mappings, ctx.maps.mappings() as u64);
+        WorkerMetrics::set(&m.mapped_bytes, ctx.maps.mapped_bytes());
+        // Counters only grow (also across a restart into a reused slot):
+        // add what is new since the last look.
+        let (hits, misses) = ctx.maps.lookups();
+        let (old_hits, old_misses) = ctx.published_map_lookups;
+        let kind = CacheKind::MappedFile as usize;
+        m.cache_hits[kind].fetch_add(hits - old_hits, std::sync::atomic::Ordering::Relaxed);
+        m.cache_misses[kind].fetch_add(misses - old_misses, std::sync::atomic::Ordering::Relaxed);
+        ctx.published_map_lookups = (hits, misses);
+        if let Some(log) = &ctx.access_log {
+            let dropped = log.dropped_lines();
+            m.add_access_log_dropped_lines(dropped - ctx.published_log_drops);
+            ctx.published_log_drops = dropped;
+        }
     }
 
     /// Keeps an access log: one line per response from now on. Its lines
@@ -616,6 +689,7 @@ impl Server {
             if let Some(log) = &mut self.ctx.access_log {
                 log.flush(self.ctx.now);
             }
+            self.publish_metrics();
         }
         for listener in &self.listeners {
             reactor::deregister(&self.ctx.poller, listener.as_fd());
@@ -627,6 +701,7 @@ impl Server {
         if let Some(log) = self.ctx.access_log.take() {
             log.close(EXIT_FLUSH_TIMEOUT);
         }
+        self.publish_metrics();
         Ok(())
     }
 
@@ -662,6 +737,7 @@ impl Server {
             reactor::deregister(&self.ctx.poller, conn.socket().as_fd());
             // A response cut short is logged with the bytes that left.
             conn.log_end(&mut self.ctx);
+            conn.count_response(&self.ctx);
         }
     }
 
@@ -728,6 +804,7 @@ impl Server {
     /// Closes `victim` to make room, logged at most once per interval.
     fn close_for_room(&mut self, victim: usize) {
         self.close(victim);
+        WorkerMetrics::inc(&self.ctx.metrics.connections_shed);
         if let Some(closed) = self.room_log.count(self.ctx.now) {
             warn!(
                 "at the connection limit ({}): closed {closed} idle or slow connection(s) to make room",

@@ -9,6 +9,7 @@ mod access;
 mod demo_site;
 mod fds;
 mod listen;
+mod metrics_http;
 mod process;
 mod supervisor;
 mod systemd;
@@ -146,6 +147,10 @@ struct Cli {
     /// Bytes of files kept mapped (the mapped-file cache; 0 maps on every use).
     #[arg(long, value_name = "BYTES", default_value = "128M", value_parser = parse_size)]
     cache_memory: u64,
+
+    /// Serve GET /metrics (Prometheus text format) and GET /healthz on this address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]

@@ -20,6 +20,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +31,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use crate::demo_site::DemoSite;
 use crate::systemd::{self, Notifier};
-use crate::{access, fds, listen, locate, process, worker, Cli};
+use flash_core::MetricsRegion;
+
+use crate::{access, fds, listen, locate, metrics_http, process, worker, Cli};
 
 /// Time a new worker gets to report that it serves.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +69,8 @@ enum Phase {
 
 struct Worker {
     id: u64,
+    /// Its slot of the metrics region.
+    metrics_slot: usize,
     /// The worker's place among its generation's `--workers` (restarts keep it).
     slot: usize,
     generation: u64,
@@ -169,6 +174,26 @@ pub struct Supervisor {
     socket_activated: bool,
     notifier: Notifier,
     demo: Option<DemoSite>,
+    /// Counters and gauges of all workers, one slot each.
+    metrics: Arc<MetricsRegion>,
+    /// Slots of the region no running worker uses.
+    free_slots: Vec<usize>,
+    /// What `/healthz` reports.
+    health: Arc<Health>,
+}
+
+/// What `/healthz` answers from: healthy while a worker serves and the
+/// server is not stopping (so a balancer drains it first).
+#[derive(Default)]
+pub struct Health {
+    serving: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl Health {
+    fn healthy(&self) -> bool {
+        self.serving.load(Ordering::Relaxed) > 0 && !self.stopping.load(Ordering::Relaxed)
+    }
 }
 
 /// Runs the server: binds, starts the workers, supervises until stopped.
@@ -226,6 +251,26 @@ pub fn run(cli: Cli) -> Result<()> {
         crate::ArchArg::Amped => format!("AMPED, {} helper process(es) each", cli.helpers),
         crate::ArchArg::Sped => "SPED".to_owned(),
     };
+    // Room for two generations of the most workers (old and new during a
+    // reload); a restarted worker reuses the slot of the one it replaces.
+    let slots = 2 * MAX_WORKERS;
+    let metrics = Arc::new(MetricsRegion::create(slots).context("metrics region")?);
+    let health = Arc::new(Health::default());
+    let metrics_addr = match cli.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (metrics)"))?;
+            let local = listener.local_addr()?;
+            let health = Arc::clone(&health);
+            metrics_http::spawn(
+                listener,
+                Arc::clone(&metrics),
+                Arc::new(move || health.healthy()),
+            )?;
+            Some(local)
+        }
+        None => None,
+    };
     let mut supervisor = Supervisor {
         args,
         events,
@@ -245,11 +290,17 @@ pub fn run(cli: Cli) -> Result<()> {
         socket_activated,
         notifier,
         demo,
+        metrics,
+        free_slots: (0..slots).rev().collect(),
+        health,
     };
     supervisor.start_generation()?;
     info!("serving {what} ({workers} worker(s), {arch})");
     for bound in &supervisor.plan.listeners {
         println!("listening on http://{}", bound.addr);
+    }
+    if let Some(addr) = metrics_addr {
+        println!("metrics on http://{addr}");
     }
     supervisor.notifier.ready();
     supervisor.supervise()
@@ -352,7 +403,7 @@ impl Supervisor {
             match event {
                 Event::Ready(id) => self.on_ready(id),
                 Event::Exited(id, status) => {
-                    self.workers.retain(|w| w.id != id);
+                    self.remove(id);
                     self.stop_all_now();
                     bail!("a worker exited during startup ({})", describe(status));
                 }
@@ -482,6 +533,7 @@ impl Supervisor {
             w.phase = Phase::Serving;
         }
         let generation = w.generation;
+        self.update_health();
         if let Some(reload) = &self.reload {
             let complete = reload.generation == generation
                 && self
@@ -495,11 +547,33 @@ impl Supervisor {
         }
     }
 
+    /// Forgets worker `id`, which exited: its metrics slot's gauges go back
+    /// to zero (its counters stay in the sums) and the slot is free again.
+    fn remove(&mut self, id: u64) -> Option<Worker> {
+        let at = self.workers.iter().position(|w| w.id == id)?;
+        let w = self.workers.swap_remove(at);
+        self.metrics.clear_gauges(w.metrics_slot);
+        self.free_slots.push(w.metrics_slot);
+        self.update_health();
+        Some(w)
+    }
+
+    fn update_health(&self) {
+        let serving = self
+            .workers
+            .iter()
+            .filter(|w| w.phase == Phase::Serving)
+            .count();
+        self.health.serving.store(serving, Ordering::Relaxed);
+        self.health
+            .stopping
+            .store(self.stopping.is_some(), Ordering::Relaxed);
+    }
+
     fn on_exit(&mut self, id: u64, status: ExitStatus) {
-        let Some(at) = self.workers.iter().position(|w| w.id == id) else {
+        let Some(w) = self.remove(id) else {
             return;
         };
-        let w = self.workers.swap_remove(at);
         if matches!(w.phase, Phase::Stopping(_)) {
             if !status.success() {
                 warn!(
@@ -666,6 +740,7 @@ impl Supervisor {
         self.notifier.stopping();
         let stop_at = Instant::now() + self.plan.cli.shutdown_timeout + STOP_GRACE;
         self.stopping = Some(stop_at);
+        self.update_health();
         self.reload = None;
         self.restarts.clear();
         for w in &mut self.workers {
@@ -694,7 +769,9 @@ impl Supervisor {
                 .events
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(Event::Exited(id, _)) => self.workers.retain(|w| w.id != id),
+                Ok(Event::Exited(id, _)) => {
+                    self.remove(id);
+                }
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -703,6 +780,17 @@ impl Supervisor {
 
     /// Starts a worker for `slot` of `generation`, with that generation's plan.
     fn spawn(&mut self, slot: usize, generation: u64) -> Result<()> {
+        let Some(metrics_slot) = self.free_slots.pop() else {
+            bail!("no free metrics slot (too many workers at once)");
+        };
+        let spawned = self.spawn_in_slot(slot, generation, metrics_slot);
+        if spawned.is_err() {
+            self.free_slots.push(metrics_slot);
+        }
+        spawned
+    }
+
+    fn spawn_in_slot(&mut self, slot: usize, generation: u64, metrics_slot: usize) -> Result<()> {
         let plan = match &self.reload {
             Some(reload) if reload.generation == generation => &reload.plan,
             _ => &self.plan,
@@ -721,6 +809,10 @@ impl Supervisor {
             .args(self.args.iter().skip(1))
             .env(worker::CONTROL_ENV, theirs.as_raw_fd().to_string())
             .env(worker::LISTENERS_ENV, listener_fds.join(","))
+            .env(
+                worker::METRICS_ENV,
+                format!("{}:{metrics_slot}", self.metrics.fd().as_raw_fd()),
+            )
             .stdin(Stdio::null());
         if let Some(arg0) = self.args.first() {
             std::os::unix::process::CommandExt::arg0(&mut command, arg0);
@@ -730,13 +822,16 @@ impl Supervisor {
         }
         // Exactly these descriptors reach the worker: inheritable only for
         // this spawn (only this thread spawns processes).
+        let metrics_fd = self.metrics.fd();
         for socket in &sockets {
             fds::set_cloexec(*socket, false)?;
         }
+        fds::set_cloexec(&metrics_fd, false)?;
         let spawned = command.spawn();
         for socket in &sockets {
             fds::set_cloexec(*socket, true)?;
         }
+        fds::set_cloexec(&metrics_fd, true)?;
         let child = spawned.context("cannot start a worker process")?;
         // The child has its copy; ours would keep its end from ever closing.
         drop(theirs);
@@ -753,6 +848,7 @@ impl Supervisor {
         )?;
         self.workers.push(Worker {
             id,
+            metrics_slot,
             slot,
             generation,
             pid,

@@ -21,9 +21,10 @@ use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use flash_core::{AccessLog, AccessLogHandle, Server};
+use flash_core::{AccessLog, AccessLogHandle, MetricsRegion, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use crate::{access, engine_config, fds, locate, process, Cli};
@@ -33,6 +34,8 @@ use crate::{access, engine_config, fds, locate, process, Cli};
 pub const CONTROL_ENV: &str = "FLASH_WORKER";
 /// The inherited listening sockets, as a comma-separated descriptor list.
 pub const LISTENERS_ENV: &str = "FLASH_LISTEN_FDS";
+/// The metrics region's descriptor and this worker's slot in it: `FD:SLOT`.
+pub const METRICS_ENV: &str = "FLASH_METRICS";
 /// The document root when the supervisor chose it (the demo site).
 pub const ROOT_ENV: &str = "FLASH_ROOT";
 
@@ -45,6 +48,7 @@ pub struct Inherited {
     control: UnixStream,
     listeners: Vec<TcpListener>,
     root: Option<PathBuf>,
+    metrics: Option<(Arc<MetricsRegion>, usize)>,
 }
 
 impl Inherited {
@@ -57,7 +61,8 @@ impl Inherited {
         };
         let listeners = std::env::var(LISTENERS_ENV).unwrap_or_default();
         let root = std::env::var_os(ROOT_ENV).map(PathBuf::from);
-        for name in [CONTROL_ENV, LISTENERS_ENV, ROOT_ENV] {
+        let metrics = std::env::var(METRICS_ENV).ok();
+        for name in [CONTROL_ENV, LISTENERS_ENV, ROOT_ENV, METRICS_ENV] {
             std::env::remove_var(name);
         }
         let control = UnixStream::from(take_fd(&control.to_string_lossy())?);
@@ -69,10 +74,22 @@ impl Inherited {
                 Ok(TcpListener::from(fd))
             })
             .collect::<Result<Vec<_>>>()?;
+        let metrics = match metrics.as_deref().and_then(|m| m.split_once(':')) {
+            Some((fd, slot)) => {
+                let region = MetricsRegion::open(take_fd(fd)?).context("metrics region")?;
+                let slot: usize = slot.parse().context("metrics slot")?;
+                if slot >= region.len() {
+                    bail!("metrics slot {slot} out of range");
+                }
+                Some((Arc::new(region), slot))
+            }
+            None => None,
+        };
         Ok(Some(Inherited {
             control,
             listeners,
             root,
+            metrics,
         }))
     }
 }
@@ -102,6 +119,7 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
         control,
         listeners,
         root,
+        metrics,
     } = inherited;
     let (shutdown, shutdown_trigger) = UnixStream::pair()?;
     watch_signals(&shutdown_trigger)?;
@@ -120,6 +138,9 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
         .context("cannot start the server")?;
     if let Some(log) = access_log {
         server.set_access_log(log);
+    }
+    if let Some((region, slot)) = &metrics {
+        server.set_metrics(region.slot(*slot));
     }
     log::debug!(
         "worker {} serving with {} helper process(es)",

@@ -362,6 +362,21 @@ impl Server {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// The first stdout line (after the `listening on` one) starting with
+    /// `prefix`, waiting for it up to `timeout` (`None` if it was not
+    /// printed by then).
+    pub fn stdout_line(&self, prefix: &str, timeout: Duration) -> Option<String> {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = String::from_utf8_lossy(&self.stdout_so_far())
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .map(str::to_owned);
+            found.is_some()
+        });
+        found
+    }
+
     /// The process the test started: the supervisor (signals go here).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
