@@ -15,15 +15,15 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::mem;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use flash_http::{
-    boundary_from, is_hidden, parse_request, percent_encode_path, plan_multipart, select,
-    write_error_response, ErrorExtra, Method, Parse, Request, RequestError, ResponseHead, Segment,
-    Selection, Status, Validators,
+    boundary_from, is_hidden, parse_proxy_header, parse_request, percent_encode_path,
+    plan_multipart, select, write_error_response, ErrorExtra, Method, Parse, ProxyParse, Request,
+    RequestError, ResponseHead, Segment, Selection, Status, Validators,
 };
 use log::{debug, warn};
 
@@ -37,6 +37,9 @@ use crate::sys;
 
 /// First allocation of a connection's read buffer.
 const READ_CHUNK: usize = 4096;
+// A PROXY header always fits the first buffer, so its parser reaches a
+// verdict before the buffer could be full.
+const _: () = assert!(flash_http::PROXY_MAX_LEN <= READ_CHUNK);
 /// Longest a client that keeps up with the minimum rate may take to drain
 /// what the kernel holds for it after its last response (the socket buffer,
 /// bounded by `TCP_NOTSENT_LOWAT` plus what is in flight).
@@ -235,6 +238,12 @@ impl SendProgress {
 pub struct Connection {
     socket: TcpStream,
     pub serial: u64,
+    /// The client: the peer's address at accept, or the source a PROXY
+    /// header named (what logs and access rules should see).
+    pub client: SocketAddr,
+    /// A PROXY listener's connection whose header has not been read yet:
+    /// nothing else is read or answered before it.
+    awaiting_proxy: bool,
     state: State,
     /// Fully initialised; `read_start..read_end` holds unconsumed bytes.
     read_buf: Vec<u8>,
@@ -278,6 +287,7 @@ pub enum Expendable {
 impl Connection {
     pub fn new(
         socket: TcpStream,
+        client: SocketAddr,
         serial: u64,
         now: Instant,
         header_deadline: Instant,
@@ -285,6 +295,8 @@ impl Connection {
         Connection {
             socket,
             serial,
+            client,
+            awaiting_proxy: false,
             state: State::Reading,
             read_buf: Vec::new(),
             read_start: 0,
@@ -307,6 +319,13 @@ impl Connection {
 
     pub fn socket(&self) -> &TcpStream {
         &self.socket
+    }
+
+    /// The connection came through a PROXY listener: its first bytes must
+    /// be a PROXY header, within the header timeout already running since
+    /// the accept.
+    pub fn expect_proxy_header(&mut self) {
+        self.awaiting_proxy = true;
     }
 
     /// Records readiness reported by the (edge-triggered) poller.
@@ -378,6 +397,11 @@ impl Connection {
     /// A deadline passed.
     pub fn on_timeout(&mut self, ctx: &mut Ctx) -> Flow {
         self.deadline = None;
+        if self.awaiting_proxy {
+            // The peer is a proxy, not an HTTP client: no 408 for it.
+            ctx.note_bad_proxy_header(self.client, "no complete PROXY header in time");
+            return Flow::Close;
+        }
         if self.state == State::Reading
             && (self.request_begun || self.discard > 0)
             && !self.response_started
@@ -469,6 +493,9 @@ impl Connection {
     // ---- reading and parsing -------------------------------------------
 
     fn read_step(&mut self, me: Waiter, ctx: &mut Ctx) -> Step {
+        if self.awaiting_proxy {
+            return self.proxy_step(ctx);
+        }
         if self.discard > 0 {
             let skipped = self.discard.min((self.read_end - self.read_start) as u64);
             self.read_start += skipped as usize;
@@ -535,7 +562,10 @@ impl Connection {
                 // `polling` does not expose) a FIN that came with the data
                 // raises no new edge, so only reading to EAGAIN sees it.
                 self.read_end += n;
-                if !self.request_begun && (self.read_end - self.read_start) as u64 > self.discard {
+                if !self.request_begun
+                    && !self.awaiting_proxy
+                    && (self.read_end - self.read_start) as u64 > self.discard
+                {
                     self.begin_request(ctx);
                 }
                 Step::Continue
@@ -546,6 +576,48 @@ impl Connection {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Continue,
             Err(_) => Step::Close,
+        }
+    }
+
+    /// Reads the PROXY header that must start the connection. The buffer
+    /// always has room for one (`PROXY_MAX_LEN` is at most `READ_CHUNK`),
+    /// so the parser reaches a verdict before the buffer could fill. A bad
+    /// header is a close without an answer: the peer is a proxy, and HTTP
+    /// bytes sent back would reach the client as if from this server.
+    fn proxy_step(&mut self, ctx: &mut Ctx) -> Step {
+        if self.read_start == self.read_end {
+            return self.fill(ctx);
+        }
+        match parse_proxy_header(&self.read_buf[self.read_start..self.read_end]) {
+            Ok(ProxyParse::Incomplete) => self.fill(ctx),
+            Ok(ProxyParse::Header(header)) => {
+                self.read_start += header.consumed;
+                self.awaiting_proxy = false;
+                match header.source {
+                    Some(source) => {
+                        debug!(
+                            "PROXY v{} header from {}: client {source}",
+                            header.version, self.client
+                        );
+                        self.client = source;
+                    }
+                    None => debug!(
+                        "PROXY v{} header from {} without a client address (LOCAL or UNKNOWN): client {}",
+                        header.version, self.client, self.client
+                    ),
+                }
+                // What follows is the first request, with its own timer.
+                if self.read_start < self.read_end {
+                    self.begin_request(ctx);
+                } else {
+                    self.deadline = Some(ctx.now + ctx.config.header_timeout);
+                }
+                Step::Continue
+            }
+            Err(e) => {
+                ctx.note_bad_proxy_header(self.client, &e.to_string());
+                Step::Close
+            }
         }
     }
 

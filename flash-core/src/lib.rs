@@ -19,7 +19,8 @@
 //! - [`fs`]: confined resolution and prefetch (run by helpers, or inline);
 //! - [`residency`]: which bytes may be sent without waiting on the disk;
 //! - [`file`](mod@file), [`sys`], [`reactor`]: open files, libc and poller wrappers;
-//! - [`cache`], [`watch`]: the path and mapped-file caches, change notification.
+//! - [`cache`], [`watch`]: the path and mapped-file caches, change notification;
+//! - [`proxy`]: listeners behind a load balancer (PROXY protocol, trusted networks).
 
 pub mod cache;
 pub mod codec;
@@ -30,6 +31,7 @@ pub mod fs;
 pub mod ipc;
 pub mod pool;
 pub mod protocol;
+pub mod proxy;
 pub mod reactor;
 pub mod residency;
 pub mod server;
@@ -38,4 +40,5 @@ pub mod watch;
 
 pub use config::{Arch, Config, HiddenFiles, DEFAULT_HELPERS, DEFAULT_INDEX_NAMES};
 pub use fs::SymlinkPolicy;
+pub use proxy::{Cidr, ProxyProtocol};
 pub use server::Server;
