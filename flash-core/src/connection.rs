@@ -593,19 +593,21 @@ impl Connection {
             Ok(ProxyParse::Header(header)) => {
                 self.read_start += header.consumed;
                 self.awaiting_proxy = false;
-                match header.source {
-                    Some(source) => {
-                        debug!(
-                            "PROXY v{} header from {}: client {source}",
-                            header.version, self.client
-                        );
-                        self.client = source;
-                    }
-                    None => debug!(
-                        "PROXY v{} header from {} without a client address (LOCAL or UNKNOWN): client {}",
-                        header.version, self.client, self.client
-                    ),
+                let peer = self.client;
+                if let Some(source) = header.source {
+                    self.client = source;
                 }
+                // The hook for the access log's client: what is logged
+                // here is the field itself.
+                debug!(
+                    "PROXY v{} header from {peer}: client {}{}",
+                    header.version,
+                    self.client,
+                    match header.source {
+                        Some(_) => "",
+                        None => " (LOCAL or UNKNOWN: the proxy itself)",
+                    }
+                );
                 // What follows is the first request, with its own timer.
                 if self.read_start < self.read_end {
                     self.begin_request(ctx);
