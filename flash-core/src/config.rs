@@ -62,6 +62,9 @@ pub struct Config {
     pub hidden: HiddenFiles,
     /// Names tried, in order, when a directory is requested with its slash.
     pub index_names: Vec<String>,
+    /// Listeners expecting a PROXY protocol header, and the peers trusted
+    /// to send one (none by default).
+    pub proxy_protocol: crate::proxy::ProxyProtocol,
 }
 
 /// Paths with a segment starting with `.` (`/.git/config`, `/.env`).
@@ -128,6 +131,7 @@ impl Config {
             limits: flash_http::Limits::default(),
             hidden: HiddenFiles::Deny,
             index_names: DEFAULT_INDEX_NAMES.map(String::from).to_vec(),
+            proxy_protocol: crate::proxy::ProxyProtocol::default(),
         }
     }
 }

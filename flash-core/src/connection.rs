@@ -21,9 +21,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use flash_http::{
-    boundary_from, is_hidden, parse_request, percent_encode_path, plan_multipart, select,
-    write_error_response, ErrorExtra, Method, Parse, Request, RequestError, ResponseHead, Segment,
-    Selection, Status, Validators,
+    boundary_from, is_hidden, parse_proxy_header, parse_request, percent_encode_path,
+    plan_multipart, select, write_error_response, ErrorExtra, Method, Parse, ProxyParse, Request,
+    RequestError, ResponseHead, Segment, Selection, Status, Validators,
 };
 use log::{debug, warn};
 
@@ -39,6 +39,9 @@ use crate::sys;
 
 /// First allocation of a connection's read buffer.
 const READ_CHUNK: usize = 4096;
+// A PROXY header always fits the first buffer, so its parser reaches a
+// verdict before the buffer could be full.
+const _: () = assert!(flash_http::PROXY_MAX_LEN <= READ_CHUNK);
 /// Longest a client that keeps up with the minimum rate may take to drain
 /// what the kernel holds for it after its last response (the socket buffer,
 /// bounded by `TCP_NOTSENT_LOWAT` plus what is in flight).
@@ -256,10 +259,13 @@ struct ResponseLog {
 
 pub struct Connection {
     socket: TcpStream,
-    /// The client's address (captured at accept; a PROXY protocol header
-    /// may replace it with the proxied client's).
-    pub client: SocketAddr,
     pub serial: u64,
+    /// The client: the peer's address at accept, or the source a PROXY
+    /// header named (what logs and access rules should see).
+    pub client: SocketAddr,
+    /// A PROXY listener's connection whose header has not been read yet:
+    /// nothing else is read or answered before it.
+    awaiting_proxy: bool,
     state: State,
     /// Fully initialised; `read_start..read_end` holds unconsumed bytes.
     read_buf: Vec<u8>,
@@ -318,8 +324,9 @@ impl Connection {
     ) -> Connection {
         Connection {
             socket,
-            client,
             serial,
+            client,
+            awaiting_proxy: false,
             state: State::Reading,
             read_buf: Vec::new(),
             read_start: 0,
@@ -365,6 +372,13 @@ impl Connection {
 
     pub fn socket(&self) -> &TcpStream {
         &self.socket
+    }
+
+    /// The connection came through a PROXY listener: its first bytes must
+    /// be a PROXY header, within the header timeout already running since
+    /// the accept.
+    pub fn expect_proxy_header(&mut self) {
+        self.awaiting_proxy = true;
     }
 
     /// Records readiness reported by the (edge-triggered) poller.
@@ -459,6 +473,11 @@ impl Connection {
     /// A deadline passed.
     pub fn on_timeout(&mut self, ctx: &mut Ctx) -> Flow {
         self.deadline = None;
+        if self.awaiting_proxy {
+            // The peer is a proxy, not an HTTP client: no 408 for it.
+            ctx.note_bad_proxy_header(self.client, "no complete PROXY header in time");
+            return Flow::Close;
+        }
         if ctx.shutting_down && self.is_idle() {
             self.linger(ctx.now);
             return Flow::Keep;
@@ -556,6 +575,9 @@ impl Connection {
     // ---- reading and parsing -------------------------------------------
 
     fn read_step(&mut self, me: Waiter, ctx: &mut Ctx) -> Step {
+        if self.awaiting_proxy {
+            return self.proxy_step(ctx);
+        }
         if self.discard > 0 {
             let skipped = self.discard.min((self.read_end - self.read_start) as u64);
             self.read_start += skipped as usize;
@@ -622,7 +644,10 @@ impl Connection {
                 // `polling` does not expose) a FIN that came with the data
                 // raises no new edge, so only reading to EAGAIN sees it.
                 self.read_end += n;
-                if !self.request_begun && (self.read_end - self.read_start) as u64 > self.discard {
+                if !self.request_begun
+                    && !self.awaiting_proxy
+                    && (self.read_end - self.read_start) as u64 > self.discard
+                {
                     self.begin_request(ctx);
                 }
                 Step::Continue
@@ -633,6 +658,50 @@ impl Connection {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Continue,
             Err(_) => Step::Close,
+        }
+    }
+
+    /// Reads the PROXY header that must start the connection. The buffer
+    /// always has room for one (`PROXY_MAX_LEN` is at most `READ_CHUNK`),
+    /// so the parser reaches a verdict before the buffer could fill. A bad
+    /// header is a close without an answer: the peer is a proxy, and HTTP
+    /// bytes sent back would reach the client as if from this server.
+    fn proxy_step(&mut self, ctx: &mut Ctx) -> Step {
+        if self.read_start == self.read_end {
+            return self.fill(ctx);
+        }
+        match parse_proxy_header(&self.read_buf[self.read_start..self.read_end]) {
+            Ok(ProxyParse::Incomplete) => self.fill(ctx),
+            Ok(ProxyParse::Header(header)) => {
+                self.read_start += header.consumed;
+                self.awaiting_proxy = false;
+                let peer = self.client;
+                if let Some(source) = header.source {
+                    self.client = source;
+                }
+                // The hook for the access log's client: what is logged
+                // here is the field itself.
+                debug!(
+                    "PROXY v{} header from {peer}: client {}{}",
+                    header.version,
+                    self.client,
+                    match header.source {
+                        Some(_) => "",
+                        None => " (LOCAL or UNKNOWN: the proxy itself)",
+                    }
+                );
+                // What follows is the first request, with its own timer.
+                if self.read_start < self.read_end {
+                    self.begin_request(ctx);
+                } else {
+                    self.deadline = Some(ctx.now + ctx.config.header_timeout);
+                }
+                Step::Continue
+            }
+            Err(e) => {
+                ctx.note_bad_proxy_header(self.client, &e.to_string());
+                Step::Close
+            }
         }
     }
 

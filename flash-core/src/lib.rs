@@ -22,6 +22,7 @@
 //! - [`cache`], [`watch`]: the path and mapped-file caches, change notification;
 //! - [`access_log`]: one line per response, written by a thread of its own.
 //! - [`metrics`]: counters and gauges in memory shared with a supervisor.
+//! - [`proxy`]: listeners behind a load balancer (PROXY protocol, trusted networks).
 
 pub mod access_log;
 pub mod cache;
@@ -34,6 +35,7 @@ pub mod ipc;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod proxy;
 pub mod reactor;
 pub mod residency;
 pub mod server;
@@ -44,4 +46,5 @@ pub use access_log::{AccessLog, AccessLogHandle, LogFormat, LogTarget};
 pub use config::{Arch, Config, HiddenFiles, DEFAULT_HELPERS, DEFAULT_INDEX_NAMES};
 pub use fs::SymlinkPolicy;
 pub use metrics::{MetricsRegion, RegionError, Snapshot, WorkerMetrics};
+pub use proxy::{Cidr, ProxyProtocol};
 pub use server::Server;

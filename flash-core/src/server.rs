@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use flash_http::{content_type, DateCache};
-use log::{info, warn};
+use log::{debug, info, warn};
 use polling::{Event, Events, Poller};
 use slab::Slab;
 
@@ -151,6 +151,8 @@ pub struct Ctx {
     published_map_lookups: (u64, u64),
     /// Access log lines dropped already added to `metrics`.
     published_log_drops: u64,
+    /// Connections to PROXY listeners closed for a missing or bad header.
+    proxy_log: LogThrottle,
 }
 
 impl Ctx {
@@ -333,6 +335,16 @@ impl Ctx {
         }
     }
 
+    /// A connection to a PROXY listener was closed without a valid header
+    /// (logged at most once per interval: a misconfigured proxy would
+    /// otherwise log every connection).
+    pub fn note_bad_proxy_header(&mut self, peer: SocketAddr, why: &str) {
+        debug!("closing a connection from {peer} on a PROXY listener: {why}");
+        if let Some(count) = self.proxy_log.count(self.now) {
+            warn!("closed {count} connection(s) on PROXY listeners without a valid PROXY header (latest from {peer}: {why})");
+        }
+    }
+
     /// Whether bytes must be known resident before they are sent.
     pub fn checks_residency(&self) -> bool {
         matches!(self.backend, Backend::Helpers { .. })
@@ -392,6 +404,8 @@ pub struct Server {
     max_connections: usize,
     /// Connections closed to make room at the limit.
     room_log: LogThrottle,
+    /// Connections to PROXY listeners refused for an untrusted peer.
+    untrusted_log: LogThrottle,
     accept_paused: bool,
     accept_resume_at: Option<Instant>,
     /// Connections that used their step budget, driven again next iteration
@@ -519,12 +533,14 @@ impl Server {
                 metrics: metrics.clone(),
                 published_map_lookups: (0, 0),
                 published_log_drops: 0,
+                proxy_log: LogThrottle::new(now),
             },
             listeners,
             shutdown,
             next_serial: 0,
             max_connections,
             room_log: LogThrottle::new(now),
+            untrusted_log: LogThrottle::new(now),
             accept_paused: false,
             accept_resume_at: None,
             yielded: Vec::new(),
@@ -760,10 +776,14 @@ impl Server {
             };
             match sys::accept_nonblocking(l.as_fd()) {
                 Ok(fd) => {
+                    let socket = TcpStream::from(fd);
+                    let Some((client, proxied)) = self.admit(&socket, listener) else {
+                        continue;
+                    };
                     if let Some(victim) = make_room {
                         self.close_for_room(victim);
                     }
-                    self.add_connection(fd)
+                    self.add_connection(socket, client, proxied)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => match e.raw_os_error() {
@@ -813,28 +833,45 @@ impl Server {
         }
     }
 
-    fn add_connection(&mut self, fd: OwnedFd) {
+    /// The client's address, and whether a PROXY header must come first;
+    /// `None` (the socket is dropped, so closed) when the peer is gone or
+    /// is not trusted to send the PROXY header this listener expects.
+    fn admit(&mut self, socket: &TcpStream, listener: usize) -> Option<(SocketAddr, bool)> {
+        // The peer may already have reset the connection (ENOTCONN).
+        let client = socket.peer_addr().ok()?;
+        let policy = &self.ctx.config.proxy_protocol;
+        let proxied = policy.expects_header(listener);
+        if proxied && !policy.trusts(client.ip()) {
+            debug!("refusing {client} on a PROXY listener: not a trusted network");
+            if let Some(count) = self.untrusted_log.count(self.ctx.now) {
+                warn!("refused {count} connection(s) to PROXY listeners from untrusted peers (latest: {client}; see --proxy-trusted)");
+            }
+            return None;
+        }
+        Some((client, proxied))
+    }
+
+    fn add_connection(&mut self, socket: TcpStream, client: SocketAddr, proxied: bool) {
         // Nagle only delays our whole-response writes.
-        let _ = sys::set_nodelay(fd.as_fd());
+        let _ = sys::set_nodelay(socket.as_fd());
         let entry = self.conns.vacant_entry();
         let idx = entry.key();
-        if let Err(e) = reactor::register_edge(&self.ctx.poller, fd.as_fd(), CONN_BASE + idx) {
+        if let Err(e) = reactor::register_edge(&self.ctx.poller, socket.as_fd(), CONN_BASE + idx) {
             warn!("cannot watch a new connection: {e}");
             return;
         }
         self.next_serial += 1;
         let now = self.ctx.now;
-        let socket = TcpStream::from(fd);
-        let client = socket
-            .peer_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        entry.insert(Connection::new(
+        let conn = entry.insert(Connection::new(
             socket,
             client,
             self.next_serial,
             now,
             now + self.ctx.config.header_timeout,
         ));
+        if proxied {
+            conn.expect_proxy_header();
+        }
     }
 
     fn pause_accept(&mut self, resume_at: Option<Instant>) {

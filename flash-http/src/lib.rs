@@ -22,6 +22,8 @@
 //!   Range in RFC 9110 order; [`ETag`], [`Validators`], [`Selection`].
 //! - `range`: [`ByteRange`] and [`plan_multipart`] for multipart/byteranges.
 //! - `response`: [`ResponseHead`], [`write_error_response`], [`Status`].
+//! - `proxy`: [`parse_proxy_header`] for the PROXY protocol (v1 and v2) that
+//!   load balancers put before a client's bytes.
 //! - `date` and `mime`: [`DateCache`], [`format_http_date`], [`content_type`].
 //!
 //! ```
@@ -65,6 +67,7 @@ mod conditional;
 mod date;
 mod mime;
 mod path;
+mod proxy;
 mod range;
 mod request;
 mod response;
@@ -73,6 +76,10 @@ pub use conditional::{select, ETag, Selection, Validators};
 pub use date::{format_http_date, DateCache};
 pub use mime::content_type;
 pub use path::{is_hidden, normalize_path, percent_encode_path};
+pub use proxy::{
+    parse_proxy_header, ProxyError, ProxyHeader, ProxyParse, PROXY_MAX_LEN, V1_MAX_LEN, V2_MAX_LEN,
+    V2_SIGNATURE,
+};
 pub use range::{boundary_from, plan_multipart, ByteRange, Multipart, Segment, MAX_RANGES};
 pub use request::{
     parse_request, Limits, Method, Parse, Request, RequestError, Version, MAX_HEADERS,

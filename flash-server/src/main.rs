@@ -36,9 +36,17 @@ struct Cli {
     #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_workers)]
     workers: Workers,
 
-    /// Address to listen on (repeatable). Port 0 picks a free port.
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    /// Address to listen on (repeatable). Port 0 picks a free port [default: 127.0.0.1:8080, unless --proxy-protocol is given].
+    #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+
+    /// Address to listen on for connections that start with a PROXY protocol header, v1 or v2 (repeatable), from a load balancer.
+    #[arg(long = "proxy-protocol", value_name = "ADDR")]
+    proxy_protocol: Vec<SocketAddr>,
+
+    /// Network allowed to connect to --proxy-protocol listeners (repeatable) [default: 127.0.0.0/8 and ::1/128].
+    #[arg(long = "proxy-trusted", value_name = "CIDR")]
+    proxy_trusted: Vec<flash_core::Cidr>,
 
     /// Connections the kernel queues for accept per listener [default: net.core.somaxconn, which also caps it].
     #[arg(long, value_name = "N")]
@@ -319,6 +327,9 @@ fn engine_config(cli: &Cli, root: PathBuf, helper_path: PathBuf) -> Config {
     config.path_freshness = cli.path_cache_ttl;
     config.header_cache = !cli.no_header_cache;
     config.map_cache_bytes = cli.cache_memory;
+    if !cli.proxy_trusted.is_empty() {
+        config.proxy_protocol.trusted = cli.proxy_trusted.clone();
+    }
     config.limits = flash_http::Limits {
         max_head_bytes: usize::try_from(cli.max_head_bytes).unwrap_or(usize::MAX),
         max_headers: cli.max_headers,
@@ -326,6 +337,17 @@ fn engine_config(cli: &Cli, root: PathBuf, helper_path: PathBuf) -> Config {
         max_discard_body: cli.max_body_bytes,
     };
     config
+}
+
+/// The plain listeners: `--listen`, or 127.0.0.1:8080 when neither it nor
+/// `--proxy-protocol` is given (a server meant to sit behind a proxy should
+/// not also open a port that takes clients directly).
+fn listen_addrs(cli: &Cli) -> Vec<SocketAddr> {
+    if cli.listen.is_empty() && cli.proxy_protocol.is_empty() {
+        vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
+    } else {
+        cli.listen.clone()
+    }
 }
 
 fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
@@ -476,6 +498,35 @@ mod tests {
         let config = config_of(&["--hidden", "allow", "--index", "default.htm,index.html"]);
         assert_eq!(config.hidden, HiddenFiles::Allow);
         assert_eq!(config.index_names, ["default.htm", "index.html"]);
+    }
+
+    #[test]
+    fn proxy_flags_reach_the_config() {
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("flash-server").chain(args.iter().copied()))
+                .unwrap()
+        };
+        assert_eq!(listen_addrs(&cli(&[])), ["127.0.0.1:8080".parse().unwrap()]);
+        assert!(listen_addrs(&cli(&["--proxy-protocol", "127.0.0.1:0"])).is_empty());
+        let both = cli(&["--listen", "[::1]:80", "--proxy-protocol", "127.0.0.1:0"]);
+        assert_eq!(listen_addrs(&both), ["[::1]:80".parse().unwrap()]);
+        let default = config_of(&[]).proxy_protocol;
+        assert_eq!(default, flash_core::ProxyProtocol::default());
+        let config = config_of(&[
+            "--proxy-trusted",
+            "10.0.0.0/8",
+            "--proxy-trusted",
+            "fd00::/8",
+        ]);
+        let trusted: Vec<String> = config
+            .proxy_protocol
+            .trusted
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(trusted, ["10.0.0.0/8", "fd00::/8"]);
+        let bad = ["flash-server", "--proxy-trusted", "10.0.0.0/33"];
+        assert!(Cli::try_parse_from(bad).is_err());
     }
 
     #[test]

@@ -106,6 +106,17 @@ struct Plan {
     listeners: Vec<Bound>,
 }
 
+impl Plan {
+    /// `listening on http://ADDR` per address, the PROXY ones after the
+    /// plain ones (as the workers number them) and marked.
+    fn print_listeners(&self) {
+        for bound in &self.listeners {
+            let proxied = if bound.proxy { " (PROXY protocol)" } else { "" };
+            println!("listening on http://{}{proxied}", bound.addr);
+        }
+    }
+}
+
 /// The listening sockets of one address: one per worker slot, in one
 /// `SO_REUSEPORT` group (or the one socket the service manager passed,
 /// which all workers then share), and the address it was asked for (port 0
@@ -113,6 +124,8 @@ struct Plan {
 struct Bound {
     asked: Option<SocketAddr>,
     addr: SocketAddr,
+    /// Every connection starts with a PROXY protocol header (`--proxy-protocol`).
+    proxy: bool,
     sockets: Vec<TcpListener>,
 }
 
@@ -121,6 +134,7 @@ impl Bound {
         Ok(Bound {
             asked: self.asked,
             addr: self.addr,
+            proxy: self.proxy,
             sockets: self
                 .sockets
                 .iter()
@@ -231,6 +245,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     Ok(Bound {
                         asked: None,
                         addr: socket.local_addr()?,
+                        proxy: false,
                         sockets: vec![socket],
                     })
                 })
@@ -296,9 +311,7 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     supervisor.start_generation()?;
     info!("serving {what} ({workers} worker(s), {arch})");
-    for bound in &supervisor.plan.listeners {
-        println!("listening on http://{}", bound.addr);
-    }
+    supervisor.plan.print_listeners();
     if let Some(addr) = metrics_addr {
         println!("metrics on http://{addr}");
     }
@@ -330,11 +343,18 @@ fn bind_all(cli: &Cli, current: &[Bound], workers: usize) -> Result<Vec<Bound>> 
     if let Some(cap) = somaxconn.filter(|&cap| backlog > cap) {
         warn!("--backlog {backlog} exceeds net.core.somaxconn; the kernel caps it at {cap}");
     }
-    cli.listen
-        .iter()
-        .map(|&addr| {
+    let plain = crate::listen_addrs(cli)
+        .into_iter()
+        .map(|addr| (addr, false));
+    let proxied = cli.proxy_protocol.iter().map(|&addr| (addr, true));
+    plain
+        .chain(proxied)
+        .map(|(addr, proxy)| {
             let context = || format!("cannot listen on {addr}");
-            if let Some(bound) = current.iter().find(|b| b.asked == Some(addr)) {
+            if let Some(bound) = current
+                .iter()
+                .find(|b| b.asked == Some(addr) && b.proxy == proxy)
+            {
                 let mut bound = bound.try_clone()?;
                 let more = workers.saturating_sub(bound.sockets.len());
                 bound
@@ -346,6 +366,7 @@ fn bind_all(cli: &Cli, current: &[Bound], workers: usize) -> Result<Vec<Bound>> 
             Ok(Bound {
                 asked: Some(addr),
                 addr: sockets[0].local_addr()?,
+                proxy,
                 sockets,
             })
         })
@@ -710,9 +731,7 @@ impl Supervisor {
         }
         // Old-only listeners: the old workers closed theirs on STOP.
         info!("configuration reloaded ({} worker(s))", self.plan.workers);
-        for bound in &self.plan.listeners {
-            println!("listening on http://{}", bound.addr);
-        }
+        self.plan.print_listeners();
         self.notifier.ready();
     }
 
@@ -798,12 +817,24 @@ impl Supervisor {
         let (ours, theirs) = UnixStream::pair().context("control socket")?;
         fds::set_cloexec(&theirs, false)?;
         let workers = plan.workers;
-        let sockets: Vec<&TcpListener> = plan
+        let sockets: Vec<(&TcpListener, bool)> = plan
             .listeners
             .iter()
-            .flat_map(|b| b.sockets_for(slot, workers))
+            .flat_map(|b| b.sockets_for(slot, workers).map(|s| (s, b.proxy)))
             .collect();
-        let listener_fds: Vec<String> = sockets.iter().map(|s| s.as_raw_fd().to_string()).collect();
+        // `FD` for a plain listener, `FD:proxy` for a PROXY protocol one.
+        let listener_fds: Vec<String> = sockets
+            .iter()
+            .map(|(s, proxy)| {
+                let fd = s.as_raw_fd();
+                if *proxy {
+                    format!("{fd}:proxy")
+                } else {
+                    fd.to_string()
+                }
+            })
+            .collect();
+        let sockets: Vec<&TcpListener> = sockets.into_iter().map(|(s, _)| s).collect();
         let mut command = Command::new(worker_program());
         command
             .args(self.args.iter().skip(1))

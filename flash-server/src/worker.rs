@@ -32,7 +32,8 @@ use crate::{access, engine_config, fds, locate, process, Cli};
 /// Environment variable naming the worker's control socket descriptor; its
 /// presence makes the process a worker.
 pub const CONTROL_ENV: &str = "FLASH_WORKER";
-/// The inherited listening sockets, as a comma-separated descriptor list.
+/// The inherited listening sockets, as a comma-separated descriptor list
+/// (`FD:proxy` for one that expects a PROXY protocol header).
 pub const LISTENERS_ENV: &str = "FLASH_LISTEN_FDS";
 /// The metrics region's descriptor and this worker's slot in it: `FD:SLOT`.
 pub const METRICS_ENV: &str = "FLASH_METRICS";
@@ -47,6 +48,8 @@ pub const REOPEN: u8 = b'O';
 pub struct Inherited {
     control: UnixStream,
     listeners: Vec<TcpListener>,
+    /// Indices of the listeners that expect a PROXY protocol header.
+    proxied: Vec<usize>,
     root: Option<PathBuf>,
     metrics: Option<(Arc<MetricsRegion>, usize)>,
 }
@@ -66,12 +69,20 @@ impl Inherited {
             std::env::remove_var(name);
         }
         let control = UnixStream::from(take_fd(&control.to_string_lossy())?);
+        let mut proxied = Vec::new();
         let listeners = listeners
             .split(',')
             .filter(|s| !s.is_empty())
-            .map(|fd| {
-                let fd = take_fd(fd)?;
-                Ok(TcpListener::from(fd))
+            .enumerate()
+            .map(|(i, fd)| {
+                let fd = match fd.strip_suffix(":proxy") {
+                    Some(fd) => {
+                        proxied.push(i);
+                        fd
+                    }
+                    None => fd,
+                };
+                Ok(TcpListener::from(take_fd(fd)?))
             })
             .collect::<Result<Vec<_>>>()?;
         let metrics = match metrics.as_deref().and_then(|m| m.split_once(':')) {
@@ -88,6 +99,7 @@ impl Inherited {
         Ok(Some(Inherited {
             control,
             listeners,
+            proxied,
             root,
             metrics,
         }))
@@ -118,6 +130,7 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
     let Inherited {
         control,
         listeners,
+        proxied,
         root,
         metrics,
     } = inherited;
@@ -133,7 +146,8 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
             process::drop_privileges(&user)?;
         }
     }
-    let config = engine_config(&cli, root, helper_path);
+    let mut config = engine_config(&cli, root, helper_path);
+    config.proxy_protocol.listeners = proxied;
     let mut server = Server::new(config, listeners, Some(OwnedFd::from(shutdown)))
         .context("cannot start the server")?;
     if let Some(log) = access_log {

@@ -227,7 +227,11 @@ impl Drop for TempDir {
 /// A running `flash-server`.
 pub struct Server {
     child: Option<Child>,
+    /// The first listener the server printed (the `--listen` one).
     pub addr: SocketAddr,
+    /// The `--proxy-protocol` listeners, in order (their lines follow the
+    /// plain ones and end in ` (PROXY protocol)`).
+    pub proxy_addrs: Vec<SocketAddr>,
     stderr: Option<std::thread::JoinHandle<String>>,
     /// What the server wrote to stderr so far.
     stderr_so_far: Arc<Mutex<String>>,
@@ -307,7 +311,7 @@ impl Server {
         let mut line = String::new();
         // The server prints the line before serving, or exits with an error.
         let _ = stdout.read_line(&mut line);
-        let Some(addr) = line.trim().strip_prefix("listening on http://") else {
+        let Some(addr) = listening_on(&line) else {
             let status = child.wait().map_err(|e| e.to_string())?;
             let err = stderr.join().unwrap_or_default();
             return Err(format!(
@@ -317,6 +321,24 @@ impl Server {
         let addr = addr
             .parse()
             .map_err(|e| format!("bad address {addr}: {e}"))?;
+        // The PROXY listeners' lines follow at once, one per flag (the first
+        // line is one of them when there is no plain listener).
+        let proxies = args.iter().filter(|a| **a == "--proxy-protocol").count();
+        let mut proxy_addrs = Vec::new();
+        if line.trim_end().ends_with(PROXY_SUFFIX) {
+            proxy_addrs.push(addr);
+        }
+        while proxy_addrs.len() < proxies {
+            line.clear();
+            let _ = stdout.read_line(&mut line);
+            let found = listening_on(&line).filter(|_| line.trim_end().ends_with(PROXY_SUFFIX));
+            let Some(proxy) = found.and_then(|a| a.parse().ok()) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("expected a PROXY listener line, got {line:?}"));
+            };
+            proxy_addrs.push(proxy);
+        }
         // Drain stdout so the server never blocks on a full pipe, keeping
         // the start of it for tests that read it (`--access-log -`).
         let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -334,6 +356,7 @@ impl Server {
         Ok(Server {
             child: Some(child),
             addr,
+            proxy_addrs,
             stderr: Some(stderr),
             stderr_so_far,
             stdout: kept,
@@ -493,6 +516,15 @@ impl Drop for Server {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Ends a `listening on` line of a `--proxy-protocol` listener.
+const PROXY_SUFFIX: &str = " (PROXY protocol)";
+
+/// `ADDR` of a `listening on http://ADDR[ (PROXY protocol)]` line.
+fn listening_on(line: &str) -> Option<&str> {
+    let addr = line.trim().strip_prefix("listening on http://")?;
+    Some(addr.strip_suffix(PROXY_SUFFIX).unwrap_or(addr))
 }
 
 /// How [`Server::launch`] starts the server.
