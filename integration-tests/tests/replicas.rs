@@ -381,7 +381,7 @@ fn check_validators_agree(balancer_ns: &str, contents: &BTreeMap<String, Vec<u8>
                     "--max-time",
                     "10",
                 ])
-                .args(["-o", "/dev/null", "-D", "-"])
+                .args(["--noproxy", "*", "-o", "/dev/null", "-D", "-"])
                 .arg(format!("http://{addr}:{DATA_PORT}{path}"))
                 .output()
                 .expect("run curl in the balancer namespace");
