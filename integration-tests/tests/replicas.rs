@@ -295,7 +295,10 @@ fn scenario(names: &Names) {
         count(&|r| !before(r) && served_by("r1")(r)),
         count(&|r| !before(r) && served_by("r2")(r)),
         failures.len(),
-        failures.iter().map(|r| &r.outcome).collect::<Vec<_>>(),
+        failures
+            .iter()
+            .map(|r| (&r.path, &r.outcome))
+            .collect::<Vec<_>>(),
         down_after,
         stats.values().map(|s| s.retries).collect::<Vec<_>>(),
         stats.values().map(|s| s.redispatches).collect::<Vec<_>>(),
