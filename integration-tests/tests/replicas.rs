@@ -38,16 +38,43 @@ use integration_tests::harness::{
     still_running, wait_until, Launch, Server, TempDir, IO_TIMEOUT,
 };
 
-/// The data path between HAProxy and the replicas: the flash flag that opens the replicas'
-/// port, and HAProxy's option on each `server` line. Plain HTTP today; with the PROXY
-/// protocol listener this becomes `("--proxy-protocol", "send-proxy-v2")`.
-const DATA_PATH: (&str, &str) = ("--listen", "");
+/// The data path between HAProxy and the replicas. Plain HTTP today; with the PROXY
+/// protocol listener (`--proxy-protocol`) it becomes
+/// `DataPath { flag: "--proxy-protocol", extra: &["--proxy-trusted", "10.77.0.0/16"], haproxy: "send-proxy-v2", curl: &["--haproxy-protocol"] }`.
+const DATA_PATH: DataPath = DataPath {
+    flag: "--listen",
+    extra: &[],
+    haproxy: "",
+    curl: &[],
+};
 
-/// HAProxy's health check: the flash flag that opens the port it goes to (`None`: the data
-/// port) and the URI. Today `GET /`; with the metrics endpoint this becomes
-/// `(Some("--metrics-listen"), "/healthz")`, which turns 503 while a replica stops, so
-/// HAProxy drains it before it goes.
-const HEALTH_CHECK: (Option<&str>, &str) = (None, "/");
+/// HAProxy's health check. Today `GET /` on the data port; with the metrics endpoint
+/// (`--metrics-listen`, whose `/healthz` turns 503 while a replica stops, so HAProxy
+/// drains it before it goes) it becomes
+/// `HealthCheck { flag: Some("--metrics-listen"), uri: "/healthz" }`.
+const HEALTH_CHECK: HealthCheck = HealthCheck {
+    flag: None,
+    uri: "/",
+};
+
+/// How HAProxy talks to the replicas' data port.
+struct DataPath {
+    /// The flash flag that opens the data port (`ADDR` follows it).
+    flag: &'static str,
+    /// More flash flags it needs (the balancer's networks as trusted PROXY senders).
+    extra: &'static [&'static str],
+    /// HAProxy's option on each `server` line.
+    haproxy: &'static str,
+    /// curl options for asking a replica directly from the balancer's host.
+    curl: &'static [&'static str],
+}
+
+/// Where HAProxy's health check goes.
+struct HealthCheck {
+    /// The flash flag that opens the port it goes to (`None`: the data port).
+    flag: Option<&'static str>,
+    uri: &'static str,
+}
 
 /// Port of the replicas' data listener, and of their health listener when it is separate.
 const DATA_PORT: u16 = 8080;
@@ -154,8 +181,9 @@ fn scenario(names: &Names) {
     for (i, (name, _, addr)) in REPLICAS.iter().enumerate() {
         let data = format!("{addr}:{DATA_PORT}");
         let health = format!("{addr}:{HEALTH_PORT}");
-        let mut args = vec![DATA_PATH.0, data.as_str(), "--helpers", "2"];
-        if let Some(flag) = HEALTH_CHECK.0 {
+        let mut args = vec![DATA_PATH.flag, data.as_str(), "--helpers", "2"];
+        args.extend(DATA_PATH.extra);
+        if let Some(flag) = HEALTH_CHECK.flag {
             args.extend([flag, health.as_str()]);
         }
         let prefix = ["ip", "netns", "exec", names.replicas[i].as_str()];
@@ -385,6 +413,7 @@ fn check_validators_agree(balancer_ns: &str, contents: &BTreeMap<String, Vec<u8>
                     "10",
                 ])
                 .args(["--noproxy", "*", "-o", "/dev/null", "-D", "-"])
+                .args(DATA_PATH.curl)
                 .arg(format!("http://{addr}:{DATA_PORT}{path}"))
                 .output()
                 .expect("run curl in the balancer namespace");
@@ -675,15 +704,18 @@ impl Drop for HaProxy {
 /// health checks every 100 ms (down after 2 failures, up after 2 successes), and requests
 /// that could not be delivered retried on another replica.
 fn haproxy_config(socket: &Path) -> String {
-    let (check_port, check_uri) = match HEALTH_CHECK {
-        (Some(_), uri) => (format!(" port {HEALTH_PORT}"), uri),
-        (None, uri) => (String::new(), uri),
+    // With a `port`, HAProxy's checks carry no PROXY header (check-send-proxy is implied
+    // only for checks to the data port).
+    let check_port = match HEALTH_CHECK.flag {
+        Some(_) => format!(" port {HEALTH_PORT}"),
+        None => String::new(),
     };
+    let check_uri = HEALTH_CHECK.uri;
     let mut servers = String::new();
     for (name, _, addr) in REPLICAS {
         servers.push_str(&format!(
             "    server {name} {addr}:{DATA_PORT} check inter 100ms fall 2 rise 2{check_port} {}\n",
-            DATA_PATH.1
+            DATA_PATH.haproxy
         ));
     }
     format!(
