@@ -34,7 +34,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    cmdline, imf_fixdate, read_response, require_root, seeded_bytes, set_mtime, signal,
+    binary, cmdline, imf_fixdate, read_response, require_root, seeded_bytes, set_mtime, signal,
     still_running, wait_until, Launch, Server, TempDir, IO_TIMEOUT,
 };
 
@@ -129,6 +129,9 @@ fn replicas_behind_haproxy_survive_a_killed_replica() {
             return;
         }
     }
+    // Build the binaries here: the client namespace has no route to a registry, should
+    // cargo need one.
+    binary("flash-server");
     // Everything runs on a thread in the client namespace (threads and processes it
     // starts inherit it); the test's own thread keeps its namespace.
     let names = Names::new();
