@@ -318,7 +318,7 @@ fn scenario(names: &Names) {
         .collect();
     eprintln!(
         "replicas: {} requests in {:?}; before the kill r1 {} r2 {}, after it r1 {} r2 {}; \
-         failures {} ({:?}); r1 DOWN {:?} after the kill; HAProxy retries {:?}, redispatches {:?}",
+         failures {} (the first: {:?}); r1 DOWN {:?} after the kill; HAProxy retries {:?}, redispatches {:?}",
         records.len(),
         start.elapsed(),
         count(&|r| before(r) && served_by("r1")(r)),
@@ -328,6 +328,7 @@ fn scenario(names: &Names) {
         failures.len(),
         failures
             .iter()
+            .take(10)
             .map(|r| (&r.path, &r.outcome))
             .collect::<Vec<_>>(),
         down_after,
