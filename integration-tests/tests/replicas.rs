@@ -122,7 +122,9 @@ fn replicas_behind_haproxy_survive_a_killed_replica() {
     }
     for tool in ["haproxy", "ip"] {
         if !on_path(tool) {
-            eprintln!(
+            // Straight to stderr, past the test harness's capture, as `require_root` does.
+            let _ = writeln!(
+                std::io::stderr(),
                 "skipped replicas_behind_haproxy_survive_a_killed_replica: needs `{tool}` \
                  (apt-get install haproxy iproute2)"
             );
