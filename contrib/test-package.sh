@@ -58,6 +58,7 @@ work=$(mktemp -d /tmp/flash-pkg-test.XXXXXX)
 chmod 755 "$work"
 netns=flash-pkg-$$
 server_pid=
+notify_pid=
 installed=
 
 cleanup() {
@@ -68,6 +69,11 @@ cleanup() {
         wait "$server_pid" 2>/dev/null
     fi
     ip netns del "$netns" 2>/dev/null
+    if [ -n "$notify_pid" ]; then
+        kill "$notify_pid" 2>/dev/null
+        wait "$notify_pid" 2>/dev/null
+    fi
+    rm -f "${notify_socket:-}"
     if [ -n "$installed" ]; then
         await 5 no_flash_processes
         dpkg --purge flash >/dev/null 2>&1
@@ -172,8 +178,12 @@ fi
 # shellcheck disable=SC2206 # the unit's command lines are split on spaces, as here
 read -r -a start_cmd <<<"$exec_start"
 read -r -a check_cmd <<<"$exec_start_pre"
+# The same work brings systemd readiness notification and socket
+# activation, which are tested only with it (post_merge).
+post_merge=1
 if ! /usr/bin/flash-server --help | grep -q -- '--config'; then
-    echo "NOTE: flash-server has no --config yet: passing /etc/flash/flash.toml's keys as flags; skipping ExecStartPre (--check)"
+    post_merge=
+    echo "NOTE: flash-server has no --config yet: passing /etc/flash/flash.toml's keys as flags; skipping ExecStartPre (--check), sd_notify and socket activation"
     mapfile -t flags < <(python3 - /etc/flash/flash.toml <<'EOF'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
@@ -204,14 +214,14 @@ set -euo pipefail
 work=$1 nofile=$2 user=$3 group=$4
 shift 4
 # PrivateDevices: a /dev with only the pseudo-devices.
-mkdir "$work/dev"
-mount -t tmpfs -o mode=755,nosuid,noexec tmpfs "$work/dev"
+dev=$(mktemp -d "$work/dev.XXXXXX")
+mount -t tmpfs -o mode=755,nosuid,noexec tmpfs "$dev"
 for d in null zero full random urandom; do
-    touch "$work/dev/$d"
-    mount --bind "/dev/$d" "$work/dev/$d"
+    touch "$dev/$d"
+    mount --bind "/dev/$d" "$dev/$d"
 done
-mkdir -m 1777 "$work/dev/shm"
-mount --rbind "$work/dev" /dev
+mkdir -m 1777 "$dev/shm"
+mount --rbind "$dev" /dev
 # ProtectSystem=strict: the file system read-only but for the logs
 # directory (LogsDirectory=), /dev, /proc and /sys.
 for dir in /usr /etc /var /boot /opt /srv; do
@@ -230,7 +240,14 @@ mount -t tmpfs -o mode=1777,nosuid tmpfs /var/tmp
 # LimitNOFILE (soft and hard), then the unit's user and capabilities.
 ulimit -Hn "$nofile"
 ulimit -Sn "$nofile"
-exec setpriv --reuid="$user" --regid="$group" --init-groups --no-new-privs \
+# Socket activation (ACTIVATE=ADDR): systemd-socket-activate binds ADDR as
+# root, as systemd does for flash.socket, and on the first connection execs
+# the rest with LISTEN_FDS/LISTEN_PID set.
+activate=()
+if [ -n "${ACTIVATE:-}" ]; then
+    activate=(systemd-socket-activate --listen="$ACTIVATE")
+fi
+exec "${activate[@]}" setpriv --reuid="$user" --regid="$group" --init-groups --no-new-privs \
     --inh-caps=-all,+net_bind_service --ambient-caps=-all,+net_bind_service \
     --bounding-set=-all,+net_bind_service -- "$@"
 EOF
@@ -245,8 +262,33 @@ if [ ${#check_cmd[@]} -gt 0 ]; then
     "${as_unit[@]}" "${check_cmd[@]}" >"$work/check.log" 2>&1 || fail "ExecStartPre failed"
 fi
 
+# Type=notify: systemd's notification socket, stood in for by a datagram
+# socket that logs each message with its sender's pid (NotifyAccess=main
+# ignores any other sender). Outside /tmp, which the sandbox hides.
+notify_socket=/run/flash-pkg-test-$$.notify
+python3 - "$notify_socket" "$work/notify.log" <<'EOF' &
+import os, socket, struct, sys
+path, log = sys.argv[1], open(sys.argv[2], "a", buffering=1)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(path)
+os.chmod(path, 0o666)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+while True:
+    data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+    pid = 0
+    for level, kind, cred in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid = struct.unpack("iII", cred[:12])[0]
+    for line in data.decode(errors="replace").splitlines():
+        log.write(f"{pid} {line}\n")
+EOF
+notify_pid=$!
+await 10 test -S "$notify_socket" || fail "the notification socket stand-in did not start"
+# How many times the server (pid $1) sent $2.
+notified() { grep -c "^$1 $2\$" "$work/notify.log" || true; }
+
 step "ExecStart as $user:$group, sandboxed, in network namespace $netns: ${start_cmd[*]}"
-"${as_unit[@]}" "${start_cmd[@]}" >"$work/server.log" 2>&1 &
+NOTIFY_SOCKET=$notify_socket "${as_unit[@]}" "${start_cmd[@]}" >"$work/server.log" 2>&1 &
 server_pid=$!
 fetch() {
     ip netns exec "$netns" curl -sS --max-time 5 -o "$work/body" -w '%{http_code}' "$1" >"$work/code" 2>/dev/null
@@ -273,16 +315,34 @@ status_of() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
     fail "the server's capabilities: $(status_of "$server_pid" CapEff), not just CAP_NET_BIND_SERVICE"
 [ "$(awk '$1 == "Max" && $2 == "open" { print $4 }' "/proc/$server_pid/limits")" = "$nofile" ] ||
     fail "the server's descriptor limit is not LimitNOFILE=$nofile"
+# Workers (with a supervisor) and helpers, at any depth.
+descendants() {
+    local child
+    for child in $(pgrep -P "$1"); do
+        echo "$child"
+        descendants "$child"
+    done
+}
 helpers=0
-for child in $(pgrep -P "$server_pid"); do
-    if [ "$(readlink "/proc/$child/exe")" = /usr/bin/flash-helper ]; then
-        [ "$(status_of "$child" Uid)" = "$uid" ] || fail "helper $child does not run as flash"
+for pid in $(descendants "$server_pid"); do
+    [ "$(status_of "$pid" Uid)" = "$uid" ] || fail "process $pid ($(readlink "/proc/$pid/exe")) does not run as flash"
+    if [ "$(readlink "/proc/$pid/exe")" = /usr/bin/flash-helper ]; then
         helpers=$((helpers + 1))
     fi
 done
 [ "$helpers" -gt 0 ] || fail "the server runs no flash-helper"
 
+if [ -n "$post_merge" ]; then
+    step "sd_notify: READY=1 from the main process; SIGHUP: RELOADING=1, then READY=1 again"
+    await 10 test "$(notified "$server_pid" READY=1)" = 1 || fail "no READY=1 from pid $server_pid"
+    kill -HUP "$server_pid"
+    await 10 test "$(notified "$server_pid" RELOADING=1)" = 1 || fail "no RELOADING=1 after SIGHUP"
+    await 10 test "$(notified "$server_pid" READY=1)" = 2 || fail "no READY=1 after the reload"
+    fetch http://127.0.0.1:80/ && [ "$(cat "$work/code")" = 200 ] || fail "not serving after the reload"
+fi
+
 step "SIGTERM: graceful stop, exit 0"
+main_pid=$server_pid
 kill -TERM "$server_pid"
 await 20 bash -c "! kill -0 $server_pid 2>/dev/null" || fail "the server did not stop within 20 s of SIGTERM"
 set +e
@@ -291,6 +351,29 @@ code=$?
 set -e
 server_pid=
 [ "$code" = 0 ] || fail "the server exited $code after SIGTERM"
+if [ -n "$post_merge" ]; then
+    [ "$(notified "$main_pid" STOPPING=1)" -ge 1 ] || fail "no STOPPING=1 from pid $main_pid at SIGTERM"
+
+    step "socket activation: the server serves the listener it inherits (flash.socket's IPv4 address)"
+    # The first ListenStream of flash.socket (0.0.0.0:80), the port the
+    # configuration also names: a server that bound `listen` itself instead
+    # of using LISTEN_FDS would fail with "address in use".
+    socket_addr=$(awk -F= '$1 == "ListenStream" { print $2; exit }' /lib/systemd/system/flash.socket)
+    [ -n "$socket_addr" ] || fail "flash.socket has no ListenStream"
+    ACTIVATE=$socket_addr "${as_unit[@]}" "${start_cmd[@]}" >"$work/activated.log" 2>&1 &
+    server_pid=$!
+    await 30 serving http://127.0.0.1:80/ || fail "no answer on the inherited $socket_addr within 30 s"
+    [ "$(cat "$work/code")" = 200 ] || fail "GET / on the inherited listener answered $(cat "$work/code")"
+    [ "$(readlink "/proc/$server_pid/exe")" = /usr/bin/flash-server ] || fail "the activated pid is not flash-server"
+    kill -TERM "$server_pid"
+    await 20 bash -c "! kill -0 $server_pid 2>/dev/null" || fail "the activated server did not stop within 20 s"
+    set +e
+    wait "$server_pid"
+    code=$?
+    set -e
+    server_pid=
+    [ "$code" = 0 ] || fail "the activated server exited $code after SIGTERM"
+fi
 
 # --- 4. purge -----------------------------------------------------------------
 step "purge"
@@ -316,13 +399,20 @@ done
 mkdir -p "$work/site"
 echo "installed by cargo" >"$work/site/hello.txt"
 
-# Starts $1 on a free loopback port, fetches hello.txt, stops it.
+# Starts $1 on a free loopback port, fetches hello.txt, stops it; $2 names
+# its output files (each run its own: a reused file could show the previous
+# run's address before the new server has truncated it).
 serve_once() {
-    "$1" "$work/site" --listen 127.0.0.1:0 >"$work/installed.out" 2>"$work/installed.log" &
+    local out=$work/$2.out
+    "$1" "$work/site" --listen 127.0.0.1:0 >"$out" 2>"$work/$2.log" &
     server_pid=$!
-    await 30 grep -q '^listening on http://' "$work/installed.out" || fail "$1 did not start"
+    started() {
+        kill -0 "$server_pid" 2>/dev/null || fail "$1 exited at start"
+        grep -q '^listening on http://' "$out"
+    }
+    await 30 started "$1" || fail "$1 did not start within 30 s"
     local url
-    url=$(sed -n 's/^listening on //p' "$work/installed.out" | head -n 1)
+    url=$(sed -n 's/^listening on //p' "$out" | head -n 1)
     [ "$(curl -sS --max-time 5 "$url/hello.txt")" = "installed by cargo" ] || fail "$1 did not serve hello.txt"
     kill -TERM "$server_pid"
     set +e
@@ -332,10 +422,10 @@ serve_once() {
     server_pid=
     [ "$code" = 0 ] || fail "$1 exited $code after SIGTERM"
 }
-serve_once "$work/inst/bin/flash-server"
+serve_once "$work/inst/bin/flash-server" installed
 step "the helper in ../libexec/flash/ instead"
 mkdir -p "$work/inst/libexec/flash"
 mv "$work/inst/bin/flash-helper" "$work/inst/libexec/flash/"
-serve_once "$work/inst/bin/flash-server"
+serve_once "$work/inst/bin/flash-server" libexec
 
 step "all package checks passed"
