@@ -13,8 +13,8 @@
 #     inside a network namespace made here, where the configured port 80 is
 #     free and binding it exercises CAP_NET_BIND_SERVICE; fetches the default
 #     page, stops the server with SIGTERM and expects exit status 0,
-#  4. purges the package and checks that its files, logs, unit state, user
-#     and group are gone,
+#  4. removes the package (the configuration, logs and user stay), purges
+#     it and checks that its files, logs, unit state, user and group are gone,
 #  5. `cargo install`s both packages into a temporary root, starts the server
 #     from there (and with the helper moved to ../libexec/flash/), fetches a
 #     file, stops it.
@@ -376,15 +376,22 @@ if [ -n "$post_merge" ]; then
 fi
 
 # --- 4. purge -----------------------------------------------------------------
-step "purge"
+step "remove: the configuration, logs and user stay"
 await 5 no_flash_processes || fail "processes of user flash outlived the server"
+dpkg --remove flash
+[ ! -e /usr/bin/flash-server ] || fail "remove left /usr/bin/flash-server"
+grep -q '^# edited by test-package.sh$' /etc/flash/flash.toml || fail "remove took the configuration"
+[ -d /var/log/flash ] && getent passwd flash >/dev/null || fail "remove took the logs or the user"
+
+step "purge"
 dpkg --purge flash
 installed=
 for f in /usr/bin/flash-server /usr/bin/flash-helper /lib/systemd/system/flash.service \
     /lib/systemd/system/flash.socket /etc/flash /var/log/flash /var/www/flash /var/lib/flash \
     /usr/share/flash /etc/systemd/system/multi-user.target.wants/flash.service \
     /var/lib/systemd/deb-systemd-helper-enabled/flash.service.dsh-also \
-    /var/lib/systemd/deb-systemd-helper-masked/flash.service; do
+    /var/lib/systemd/deb-systemd-helper-masked/flash.service /etc/systemd/system/flash.service \
+    /etc/systemd/system/flash.socket; do
     [ ! -e "$f" ] && [ ! -L "$f" ] || fail "$f is left after purge"
 done
 getent passwd flash >/dev/null && fail "user flash is left after purge"
