@@ -48,8 +48,9 @@ no_flash_processes() { ! pgrep -u flash >/dev/null; }
 for tool in dpkg-deb adduser curl ip unshare setpriv pgrep python3; do
     command -v "$tool" >/dev/null || fail "needs $tool"
 done
-if dpkg-query -W -f='${Status}' flash 2>/dev/null | grep -q installed; then
-    fail "a flash package is installed here; this test installs and purges its own"
+# Installed, or removed with its configuration kept: either way not ours.
+if [ -n "$(dpkg-query -W -f='${db:Status-Abbrev}' flash 2>/dev/null || true)" ]; then
+    fail "a flash package is (or was) installed here; this test installs and purges its own"
 fi
 getent passwd flash >/dev/null && fail "a user 'flash' exists here; the package test creates and removes it"
 
