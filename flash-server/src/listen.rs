@@ -2,6 +2,11 @@
 //! worker, with a backlog the server chooses (`TcpListener::bind` listens
 //! with 128, which a burst of connections overflows long before the event
 //! loop gets to them).
+//!
+//! IPv6 listeners take IPv6 only (`IPV6_V6ONLY`), as nginx's do: otherwise,
+//! with the usual `net.ipv6.bindv6only = 0`, `[::]:80` also claims port 80
+//! of every IPv4 address and `--listen 0.0.0.0:80 --listen [::]:80` fails
+//! with "address in use".
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -47,7 +52,43 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     // As std's TcpListener::bind: a restarted server can bind again at once.
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same port on 0.0.0.0 and [::], in either order, as the packaged
+    /// configuration listens; each takes only its own family.
+    #[test]
+    fn ipv4_and_ipv6_wildcards_share_a_port() {
+        if !std::path::Path::new("/proc/net/if_inet6").exists() {
+            eprintln!("skipped ipv4_and_ipv6_wildcards_share_a_port: no IPv6 here");
+            return;
+        }
+        // A free IPv6 port may be taken for IPv4 by another process: a few
+        // tries (a dual-stack [::] fails every one).
+        let (v4, port) = (0..5)
+            .find_map(|_| {
+                let v6 = bind_one("[::]:0".parse().unwrap(), 16).unwrap();
+                let port = v6.local_addr().unwrap().port();
+                let v4 = bind_one(SocketAddr::from(([0, 0, 0, 0], port)), 16).ok()?;
+                Some((v4, port))
+            })
+            .expect("[::] took the IPv4 port too");
+        // And the other way round, with the port the IPv4 listener holds.
+        let v6 = bind_one(SocketAddr::from(([0u16; 8], port)), 16).unwrap();
+        assert_eq!(v6.local_addr().unwrap().port(), port);
+        // Loopback connections of each family reach their own listener.
+        let c4 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let c6 = std::net::TcpStream::connect(("::1", port)).unwrap();
+        assert_eq!(v4.accept().unwrap().1.ip(), c4.local_addr().unwrap().ip());
+        assert_eq!(v6.accept().unwrap().1.ip(), c6.local_addr().unwrap().ip());
+    }
 }

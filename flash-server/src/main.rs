@@ -8,6 +8,7 @@
 mod access;
 mod demo_site;
 mod fds;
+mod helper_path;
 mod listen;
 mod metrics_http;
 mod process;
@@ -60,7 +61,7 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = flash_core::DEFAULT_HELPERS)]
     helpers: usize,
 
-    /// The flash-helper executable [default: next to flash-server].
+    /// The flash-helper executable [default: next to flash-server, else ../libexec/flash/].
     #[arg(long, value_name = "PATH")]
     helper_path: Option<PathBuf>,
 
@@ -285,13 +286,11 @@ fn locate(cli: &Cli, root_override: Option<PathBuf>) -> Result<(PathBuf, PathBuf
     }
     let helper_path = match &cli.helper_path {
         Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("cannot locate flash-server")?
-            .with_file_name("flash-helper"),
+        None => helper_path::find(&std::env::current_exe().context("cannot locate flash-server")?),
     };
     if matches!(cli.arch, ArchArg::Amped) && !helper_path.is_file() {
         bail!(
-            "helper executable {} not found (build it, or pass --helper-path)",
+            "helper executable {} not found (build or install it too: `cargo install --path flash-helper`; or pass --helper-path)",
             helper_path.display()
         );
     }
