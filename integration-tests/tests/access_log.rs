@@ -7,12 +7,12 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    connect, python, read_response, signal, wait_until, Response, Server, TempDir,
+    connect, python, read_response, require_root, signal, wait_until, Response, Server, TempDir,
 };
 
 /// How long a line may take to reach the file.
@@ -408,6 +408,54 @@ fn sigusr1_reopens_after_a_rename_and_loses_nothing() {
         read_lines(&path).len() >= 50,
         "new lines go to the new file"
     );
+}
+
+/// Under `--user`, the workers cannot create files in a root-owned log
+/// directory: the supervisor (which keeps the privileges the server started
+/// with, as nginx's master) creates the new file and gives it to the user
+/// before the workers reopen, so rotation works there too.
+#[test]
+fn sigusr1_reopens_in_a_root_owned_directory_under_user() {
+    if !require_root("workers switch to the user nobody") {
+        return;
+    }
+    let root = site();
+    let logs = TempDir::new("accesslog-rotate-user");
+    // Root's, and not writable by others (TempDir is 0700 and root's).
+    std::fs::set_permissions(logs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = logs.path().join("access.log");
+    let rotated = logs.path().join("access.log.1");
+    let server = Server::start(
+        root.path(),
+        &["--access-log", path.to_str().unwrap(), "--user", "nobody"],
+    );
+    numbered_requests(&server, 0..10);
+    await_lines(&path, 10);
+    std::fs::rename(&path, &rotated).unwrap();
+    signal(server.pid(), libc::SIGUSR1);
+    let mut sent = 10;
+    let reopened = wait_until(LOG_DEADLINE, || {
+        numbered_requests(&server, sent..sent + 1);
+        sent += 1;
+        read_lines(&path).len() > 0
+    });
+    assert!(
+        reopened,
+        "no lines in a new file after SIGUSR1; stderr:\n{}",
+        server.stderr_so_far()
+    );
+    let owner = std::fs::metadata(&path).unwrap().uid();
+    assert_eq!(
+        owner, 65534,
+        "the new log file belongs to the workers' user"
+    );
+    let mut all = Vec::new();
+    let complete = wait_until(LOG_DEADLINE, || {
+        all = numbers(&read_lines(&rotated));
+        all.extend(numbers(&read_lines(&path)));
+        all.len() >= sent
+    });
+    assert!(complete, "{} of {sent} lines", all.len());
 }
 
 #[test]
