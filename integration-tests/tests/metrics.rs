@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
-    read_response, request, signal, wait_until, Server, TempDir, IO_TIMEOUT,
+    get, read_response, request, signal, wait_until, Server, TempDir, IO_TIMEOUT,
 };
 
 /// A parsed exposition: series (name with its labels, as printed) to value.
@@ -354,4 +354,41 @@ fn a_stuck_scraper_holds_the_endpoint_briefly() {
         "answered within the endpoint's 2 s limit, not held by the stuck client: {:?}",
         started.elapsed()
     );
+}
+
+/// With several workers the endpoint sums their slots, and what a worker
+/// counted stays counted after it dies (its successor adds to the same
+/// slot's counters).
+#[test]
+fn workers_are_summed_and_a_dead_workers_counts_remain() {
+    let root = TempDir::new("metrics-workers");
+    root.write("a.txt", "summed\n");
+    let (server, metrics) = start(&root, &["--workers", "2"]);
+    let workers = server.worker_pids();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    // New connections, so the kernel spreads them over both workers.
+    for _ in 0..40 {
+        assert_eq!(get(&server, "/a.txt").status, 200);
+    }
+    let m = scrape_until(metrics, "40 requests from both workers", |m| {
+        m.get("flash_http_requests_total{code=\"2xx\"}") == 40
+    });
+    assert_eq!(m.get("flash_http_request_duration_seconds_count"), 40);
+    signal(workers[0], libc::SIGKILL);
+    assert!(wait_until(IO_TIMEOUT, || {
+        let now = server.worker_pids();
+        now.len() == 2 && !now.contains(&workers[0])
+    }));
+    let m = scrape(metrics);
+    assert_eq!(
+        m.get("flash_http_requests_total{code=\"2xx\"}"),
+        40,
+        "a dead worker's counts remain"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&server, "/a.txt").status, 200);
+    }
+    scrape_until(metrics, "50 requests", |m| {
+        m.get("flash_http_requests_total{code=\"2xx\"}") == 50
+    });
 }
