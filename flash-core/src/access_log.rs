@@ -38,6 +38,11 @@ pub const MAX_PENDING: usize = 1 << 20;
 /// The engine hands its buffer over as soon as it holds this much, not
 /// only at the end of a loop iteration.
 const HAND_OFF_AT: usize = 64 * 1024;
+/// Capacity of each of the three buffers that circulate between the engine
+/// and the writer: the most any of them can hold (the bound plus one line),
+/// so none ever grows, even while the writer lags (the engine allocates
+/// nothing per request). Pages are only touched as lines fill them.
+const BUFFER_CAPACITY: usize = MAX_PENDING + PIPE_BUF;
 /// Longest write to a pipe (POSIX `PIPE_BUF` on Linux): such writes are
 /// atomic, so lines of several processes never mix.
 const PIPE_BUF: usize = 4096;
@@ -239,8 +244,8 @@ fn count_lines(bytes: &[u8]) -> u64 {
 /// request, finishes what is pending when the log closes.
 fn writer(shared: Arc<Shared>, mut sink: Sink) {
     // Buffers circulate (engine -> hand-off -> writer -> hand-off ->
-    // engine); each starts with room for a chunk, so none grows per line.
-    let mut batch = Vec::with_capacity(HAND_OFF_AT);
+    // engine); each has room for the most it can hold, so none grows.
+    let mut batch = Vec::with_capacity(BUFFER_CAPACITY);
     loop {
         let (reopen, closing) = {
             let mut state = shared.lock();
@@ -288,7 +293,7 @@ impl AccessLog {
         let sink = Sink::open(&target)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                pending: Vec::with_capacity(HAND_OFF_AT),
+                pending: Vec::with_capacity(BUFFER_CAPACITY),
                 ..State::default()
             }),
             wake: Condvar::new(),
@@ -305,7 +310,7 @@ impl AccessLog {
             format,
             shared,
             writer: Some(writer),
-            buf: Vec::with_capacity(HAND_OFF_AT),
+            buf: Vec::with_capacity(BUFFER_CAPACITY),
             handed_pending: 0,
             time_secs: u64::MAX,
             time_combined: [0; 26],

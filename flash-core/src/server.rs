@@ -46,6 +46,10 @@ const EXIT_LINGER: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Connections accepted per listener event, so one busy listener cannot starve the rest.
 const ACCEPT_BATCH: usize = 64;
+/// Connections that may yield in one iteration before the lists of them
+/// grow: allocated up front, so the first yield (which comes whenever a
+/// client's burst outlasts its step budget) allocates nothing.
+const YIELD_CAPACITY: usize = 256;
 /// Pause after the process ran out of descriptors (EMFILE) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Idle connections keep their buffers this long.
@@ -543,8 +547,8 @@ impl Server {
             untrusted_log: LogThrottle::new(now),
             accept_paused: false,
             accept_resume_at: None,
-            yielded: Vec::new(),
-            yielded_spare: Vec::new(),
+            yielded: Vec::with_capacity(YIELD_CAPACITY),
+            yielded_spare: Vec::with_capacity(YIELD_CAPACITY),
         };
         // The pool counts into the same slot as the rest of the engine.
         server.set_metrics(metrics);
