@@ -263,6 +263,8 @@ pub struct Connection {
     /// The client: the peer's address at accept, or the source a PROXY
     /// header named (what logs and access rules should see).
     pub client: SocketAddr,
+    /// When the state last became `Lingering` (its FIN was sent).
+    linger_began: Instant,
     /// A PROXY listener's connection whose header has not been read yet:
     /// nothing else is read or answered before it.
     awaiting_proxy: bool,
@@ -327,6 +329,7 @@ impl Connection {
             serial,
             client,
             awaiting_proxy: false,
+            linger_began: now,
             state: State::Reading,
             read_buf: Vec::new(),
             read_start: 0,
@@ -409,6 +412,14 @@ impl Connection {
         self.state == State::Lingering
     }
 
+    /// Whether this connection was sent its FIN at least `enough` ago (or
+    /// is not lingering at all): at exit, a client is given a moment to see
+    /// the FIN before the socket closes, so bytes it sends meanwhile are
+    /// read and dropped instead of answered with a reset.
+    pub fn lingered(&self, now: Instant, enough: Duration) -> bool {
+        self.state != State::Lingering || now >= self.linger_began + enough
+    }
+
     /// Idle: between requests, nothing buffered, nothing owed.
     pub fn is_idle(&self) -> bool {
         self.state == State::Reading && !self.request_begun && self.read_start == self.read_end
@@ -434,6 +445,7 @@ impl Connection {
     fn linger(&mut self, now: Instant) {
         sys::shutdown_write(self.socket.as_fd());
         self.state = State::Lingering;
+        self.linger_began = now;
         self.deadline = Some(now + LINGER);
     }
 
@@ -473,14 +485,14 @@ impl Connection {
     /// A deadline passed.
     pub fn on_timeout(&mut self, ctx: &mut Ctx) -> Flow {
         self.deadline = None;
+        if ctx.shutting_down && self.is_idle() {
+            self.linger(ctx.now);
+            return Flow::Keep;
+        }
         if self.awaiting_proxy {
             // The peer is a proxy, not an HTTP client: no 408 for it.
             ctx.note_bad_proxy_header(self.client, "no complete PROXY header in time");
             return Flow::Close;
-        }
-        if ctx.shutting_down && self.is_idle() {
-            self.linger(ctx.now);
-            return Flow::Keep;
         }
         if self.state == State::Reading
             && (self.request_begun || self.discard > 0)
@@ -537,6 +549,7 @@ impl Connection {
             // No new request is taken while draining.
             sys::shutdown_write(sock);
             self.state = State::Lingering;
+            self.linger_began = ctx.now;
         }
         if self.progress.window.is_none() {
             self.progress = SendProgress::new(ctx.now, MAX_DRAIN);
@@ -693,7 +706,8 @@ impl Connection {
                 // What follows is the first request, with its own timer.
                 if self.read_start < self.read_end {
                     self.begin_request(ctx);
-                } else {
+                } else if !ctx.shutting_down {
+                    // (Stopping: the idle grace already set stays.)
                     self.deadline = Some(ctx.now + ctx.config.header_timeout);
                 }
                 Step::Continue
@@ -1238,6 +1252,7 @@ impl Connection {
         if !self.keep_alive || ctx.shutting_down {
             sys::shutdown_write(self.socket.as_fd());
             self.state = State::Lingering;
+            self.linger_began = ctx.now;
             self.deadline = Some(ctx.now + LINGER);
             return Step::Continue;
         }

@@ -47,4 +47,4 @@ pub use config::{Arch, Config, HiddenFiles, DEFAULT_HELPERS, DEFAULT_INDEX_NAMES
 pub use fs::SymlinkPolicy;
 pub use metrics::{MetricsRegion, RegionError, Snapshot, WorkerMetrics};
 pub use proxy::{Cidr, ProxyProtocol};
-pub use server::Server;
+pub use server::{Server, MAX_LISTENERS};

@@ -574,12 +574,13 @@ fn region_size(slots: usize) -> usize {
     HEADER_SIZE + slots * size_of::<Slot>()
 }
 
-/// `memfd_create` with close-on-exec (a worker gets the descriptor by an
-/// explicit `dup2` in its spawn, not by accident in every child).
+/// `memfd_create` with close-on-exec (a worker gets the descriptor handed
+/// down explicitly, not by accident in every child) and sealing allowed.
 fn memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid NUL-terminated string; the call has no
     // other memory effects.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -597,6 +598,13 @@ impl MetricsRegion {
         let file = File::from(fd);
         // Pages of a memfd read as zeros: every counter starts at 0.
         file.set_len(region_size(slots) as u64)?;
+        // Sealed at its size: a worker (which gets the descriptor) cannot
+        // shrink it under the supervisor's mapping (SIGBUS there).
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor owned by `file`; F_ADD_SEALS takes an int.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
         let fd = OwnedFd::from(file);
         let map = MmapOptions::new()
             .len(region_size(slots))

@@ -290,6 +290,15 @@ impl HelperPool {
     }
 
     /// Process ids of the running helpers.
+    /// Whether every helper has started (said Hello) and none is down: the
+    /// pool can serve. A helper that cannot start (its user cannot read the
+    /// root, its binary is wrong) keeps this false.
+    pub fn all_started(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| matches!(s.state, SlotState::Idle | SlotState::Busy { .. }))
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.slots
             .iter()

@@ -34,18 +34,24 @@ const SHUTDOWN_KEY: usize = 0;
 const WATCH_KEY: usize = 1;
 const LISTENER_BASE: usize = 2;
 const HELPER_BASE: usize = 64;
+/// The most listeners one engine serves.
+pub const MAX_LISTENERS: usize = HELPER_BASE - LISTENER_BASE;
 const CONN_BASE: usize = 1024;
 /// At shutdown, how long an idle connection may still bring a request
 /// (answered with `Connection: close`) before it is sent its FIN.
 const STOP_IDLE_GRACE: Duration = Duration::from_millis(500);
-/// At shutdown, how long after it began connections that were sent their
-/// FIN (idle ones, finished responses) may take to close their side before
-/// the process exits and closes them itself.
-const EXIT_LINGER: Duration = Duration::from_secs(1);
+/// At shutdown, how long each connection that was sent its FIN (idle ones,
+/// finished responses) gets to close its side before the process exits and
+/// closes it itself.
+const EXIT_LINGER: Duration = Duration::from_millis(500);
 /// How often deadlines are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Connections accepted per listener event, so one busy listener cannot starve the rest.
 const ACCEPT_BATCH: usize = 64;
+/// At shutdown, accept batches taken from each listener's queue (at most
+/// `DRAIN_BATCHES * ACCEPT_BATCH` connections, the most a backlog of
+/// somaxconn 4096 holds).
+const DRAIN_BATCHES: usize = 64;
 /// Connections that may yield in one iteration before the lists of them
 /// grow: allocated up front, so the first yield (which comes whenever a
 /// client's burst outlasts its step budget) allocates nothing.
@@ -416,6 +422,8 @@ pub struct Server {
     /// (two buffers swapped, so no allocation per iteration).
     yielded: Vec<Waiter>,
     yielded_spare: Vec<Waiter>,
+    /// Called once the engine can serve (see `notify_when_serving`).
+    on_serving: Option<Box<dyn FnOnce()>>,
 }
 
 impl Server {
@@ -549,6 +557,7 @@ impl Server {
             accept_resume_at: None,
             yielded: Vec::with_capacity(YIELD_CAPACITY),
             yielded_spare: Vec::with_capacity(YIELD_CAPACITY),
+            on_serving: None,
         };
         // The pool counts into the same slot as the rest of the engine.
         server.set_metrics(metrics);
@@ -599,6 +608,20 @@ impl Server {
         }
     }
 
+    /// Has `f` called (once, from `run`) when the engine can serve: at once
+    /// in SPED, when every helper has started in AMPED. A supervisor learns
+    /// from it that a worker serves, not merely that it runs.
+    pub fn notify_when_serving(&mut self, f: impl FnOnce() + 'static) {
+        self.on_serving = Some(Box::new(f));
+    }
+
+    fn serving(&self) -> bool {
+        match &self.ctx.backend {
+            Backend::Inline { .. } => true,
+            Backend::Helpers { pool, .. } => pool.all_started(),
+        }
+    }
+
     /// Keeps an access log: one line per response from now on. Its lines
     /// are handed to its writer thread once per loop iteration and
     /// finished (within a bound) when [`Server::run`] returns.
@@ -625,7 +648,6 @@ impl Server {
         let mut events = Events::new();
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         let mut stop_at: Option<Instant> = None;
-        let mut stopping_since = Instant::now();
         loop {
             if let Some(stop_at) = stop_at {
                 // A lingering connection owes nothing: its response is
@@ -633,10 +655,10 @@ impl Server {
                 // only delay the exit.
                 // Lingering ones get a moment to see their FIN, so a
                 // request crossing it is not answered by a reset at exit.
+                let now = self.ctx.now;
                 let owing = self.conns.iter().filter(|(_, c)| !c.is_lingering()).count();
-                let lingering = self.conns.len() - owing;
-                let linger_over = self.ctx.now >= stopping_since + EXIT_LINGER;
-                if (owing == 0 && (lingering == 0 || linger_over)) || self.ctx.now >= stop_at {
+                let lingered = self.conns.iter().all(|(_, c)| c.lingered(now, EXIT_LINGER));
+                if (owing == 0 && lingered) || now >= stop_at {
                     info!("shut down with {owing} response(s) unfinished");
                     break;
                 }
@@ -674,7 +696,6 @@ impl Server {
                     WATCH_KEY => {}
                     SHUTDOWN_KEY => {
                         if stop_at.is_none() {
-                            stopping_since = self.ctx.now;
                             stop_at = Some(self.ctx.now + self.ctx.config.shutdown_timeout);
                             self.begin_shutdown();
                         }
@@ -696,6 +717,11 @@ impl Server {
             }
             self.deliver_completions();
             self.drive_yielded();
+            if self.on_serving.is_some() && self.serving() {
+                if let Some(notify) = self.on_serving.take() {
+                    notify();
+                }
+            }
             if let Backend::Helpers { pool, .. } = &mut self.ctx.backend {
                 if pool.take_out_of_descriptors() {
                     self.ctx.shed_descriptors();
@@ -1023,6 +1049,20 @@ impl Server {
 
     fn begin_shutdown(&mut self) {
         info!("shutting down: no new connections, finishing responses in flight");
+        // Connections already queued on the listeners are taken and served:
+        // a socket this worker alone accepts from (after a reload to fewer
+        // workers) is closed with it, and its queue with it.
+        if !self.accept_paused {
+            for listener in 0..self.listeners.len() {
+                for _ in 0..DRAIN_BATCHES {
+                    let before = self.next_serial;
+                    self.accept(listener);
+                    if self.next_serial - before < ACCEPT_BATCH as u64 {
+                        break;
+                    }
+                }
+            }
+        }
         self.ctx.shutting_down = true;
         if let Some(fd) = self.shutdown.take() {
             reactor::deregister(&self.ctx.poller, fd.as_fd());

@@ -62,19 +62,34 @@ pub fn prepare_reopen(cli: &crate::Cli) -> Result<()> {
     };
     let user = crate::process::lookup_user(user)?;
     use std::os::unix::fs::OpenOptionsExt;
+    // The directory may be writable by the user, whose worker could have
+    // put a link there: never follow one, and hand over only a plain file
+    // that is already root's or the user's (not, say, a hard link to a
+    // system file).
     let file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot create the access log {}", path.display()))?;
-    std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid)).with_context(|| {
-        format!(
-            "cannot give the access log {} to {}",
+    let meta = file.metadata()?;
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() || meta.nlink() != 1 || (meta.uid() != 0 && meta.uid() != user.uid) {
+        anyhow::bail!(
+            "the access log {} is not a plain file of root or {}: not handing it over",
             path.display(),
             user.name
-        )
-    })?;
+        );
+    }
+    if meta.uid() != user.uid {
+        std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid)).with_context(|| {
+            format!(
+                "cannot give the access log {} to {}",
+                path.display(),
+                user.name
+            )
+        })?;
+    }
     Ok(())
 }

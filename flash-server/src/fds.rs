@@ -50,3 +50,30 @@ pub fn is_listening_tcp(fd: RawFd) -> bool {
         && int_option(libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
         && int_option(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
 }
+
+/// At start: stdin, stdout and stderr are open (on /dev/null if the parent
+/// closed them, so no socket lands on descriptor 0 to be clobbered by a
+/// child's stdio), and every descriptor from 3 up that the parent left
+/// inheritable is made close-on-exec, so none leaks into workers or helpers
+/// (the ones meant for this process are taken over explicitly).
+pub fn sanitize_inherited() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads a descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // SAFETY: a NUL-terminated path; the lowest free descriptor,
+            // which is `fd` since the lower ones are open, is returned.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on the
+    // descriptors in the range (Linux 5.11+; on older kernels it fails with
+    // ENOSYS or EINVAL and nothing changes).
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+}

@@ -34,6 +34,9 @@ pub fn somaxconn() -> Option<u32> {
 /// free port for the first; the others join it. `count` may grow later with
 /// [`join`].
 pub fn bind_group(addr: SocketAddr, backlog: u32, count: usize) -> io::Result<Vec<TcpListener>> {
+    if addr.port() != 0 {
+        ensure_free(addr)?;
+    }
     let first = bind_one(addr, backlog)?;
     let bound = first.local_addr()?;
     let mut group = vec![first];
@@ -44,6 +47,20 @@ pub fn bind_group(addr: SocketAddr, backlog: u32, count: usize) -> io::Result<Ve
 /// `count` more sockets for the group listening on `bound`.
 pub fn join(bound: SocketAddr, backlog: u32, count: usize) -> io::Result<Vec<TcpListener>> {
     (0..count).map(|_| bind_one(bound, backlog)).collect()
+}
+
+/// Fails with "address in use" if anything listens on `addr`: a group
+/// socket would otherwise join another server's group (of the same user)
+/// and share its connections, where a second server must fail to start.
+/// A socket without `SO_REUSEPORT` cannot bind where one listens.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
@@ -63,6 +80,17 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A second server on a port in use fails, as it did before groups.
+    #[test]
+    fn a_busy_port_is_refused_not_shared() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 16, 2).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        let second = bind_group(addr, 16, 2).unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::AddrInUse);
+        // Joining the own group is what `join` is for.
+        assert_eq!(join(addr, 16, 1).unwrap().len(), 1);
+    }
 
     /// The same port on 0.0.0.0 and [::], in either order, as the packaged
     /// configuration listens; each takes only its own family.

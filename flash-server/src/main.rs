@@ -248,6 +248,7 @@ impl std::fmt::Display for IndexNames {
 }
 
 fn main() {
+    fds::sanitize_inherited();
     let cli = Cli::parse();
     process::init_logging(cli.log_level);
     let result = match worker::Inherited::from_env() {

@@ -35,10 +35,13 @@ use flash_core::MetricsRegion;
 
 use crate::{access, fds, listen, locate, metrics_http, process, worker, Cli};
 
-/// Time a new worker gets to report that it serves.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Extra time beyond `--shutdown-timeout` before a stopping worker is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Time a new worker gets to report that it serves, beyond
+/// `--helper-timeout` (which bounds each of its helpers' start).
+const START_MARGIN: Duration = Duration::from_secs(5);
+/// Extra time beyond `--shutdown-timeout` before a stopping worker is
+/// killed: a worker's own exit after its responses takes up to 5 s to
+/// finish its access log and 1 s to reap its helpers.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// A worker that ran at least this long before dying is restarted at once;
 /// quicker deaths in a row wait `RESTART_BASE` doubled per death, up to
 /// `RESTART_MAX`, so a worker that cannot start does not spin.
@@ -65,6 +68,9 @@ enum Phase {
     Serving,
     /// Told to stop; killed if still running at the instant.
     Stopping(Instant),
+    /// Sent SIGKILL (too slow to start or to stop); its exit is awaited,
+    /// with no deadline (nothing more can be done to it).
+    Killed,
 }
 
 struct Worker {
@@ -143,10 +149,8 @@ impl Bound {
         })
     }
 
-    /// The sockets worker `slot` of `workers` accepts from: every
-    /// `workers`-th of the group (more than one after a reload to fewer
-    /// workers: sockets are never closed while the server runs, since the
-    /// connections queued on one would be lost), or the shared one.
+    /// The sockets worker `slot` of `workers` accepts from: its own of the
+    /// group, or the shared one (from the service manager).
     fn sockets_for(&self, slot: usize, workers: usize) -> impl Iterator<Item = &TcpListener> {
         let shared = self.sockets.len() == 1;
         self.sockets
@@ -175,7 +179,10 @@ pub struct Supervisor {
     events: Receiver<Event>,
     sender: Sender<Event>,
     plan: Plan,
+    /// The generation serving (restarts join it).
     generation: u64,
+    /// The highest generation number given out.
+    last_generation: u64,
     workers: Vec<Worker>,
     next_id: u64,
     reload: Option<Reload>,
@@ -194,6 +201,8 @@ pub struct Supervisor {
     free_slots: Vec<usize>,
     /// What `/healthz` reports.
     health: Arc<Health>,
+    /// Signals that came while the first workers started.
+    deferred: Vec<Event>,
 }
 
 /// What `/healthz` answers from: healthy while a worker serves and the
@@ -253,6 +262,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         None => bind_all(&cli, &[], worker_count(&cli)?)?,
     };
+    if socket_activated && !cli.proxy_protocol.is_empty() {
+        warn!("--proxy-protocol is ignored with sockets from the service manager: they are served as plain listeners");
+    }
     let workers = worker_count(&cli)?;
     let what = match &demo {
         Some(demo) => format!("the demo site from {}", demo.path().display()),
@@ -296,6 +308,7 @@ pub fn run(cli: Cli) -> Result<()> {
             listeners,
         },
         generation: 1,
+        last_generation: 1,
         workers: Vec::new(),
         next_id: 1,
         reload: None,
@@ -308,6 +321,7 @@ pub fn run(cli: Cli) -> Result<()> {
         metrics,
         free_slots: (0..slots).rev().collect(),
         health,
+        deferred: Vec::new(),
     };
     supervisor.start_generation()?;
     info!("serving {what} ({workers} worker(s), {arch})");
@@ -335,6 +349,13 @@ pub fn worker_count(cli: &Cli) -> Result<usize> {
 /// sockets of `current` whose address is asked again (a reload keeps them,
 /// and their queues), joining more to a group if there are more workers.
 fn bind_all(cli: &Cli, current: &[Bound], workers: usize) -> Result<Vec<Bound>> {
+    let addresses = crate::listen_addrs(cli).len() + cli.proxy_protocol.len();
+    if addresses > flash_core::MAX_LISTENERS {
+        bail!(
+            "{addresses} listen addresses: at most {}",
+            flash_core::MAX_LISTENERS
+        );
+    }
     let somaxconn = listen::somaxconn();
     let backlog = cli
         .backlog
@@ -356,6 +377,9 @@ fn bind_all(cli: &Cli, current: &[Bound], workers: usize) -> Result<Vec<Bound>> 
                 .find(|b| b.asked == Some(addr) && b.proxy == proxy)
             {
                 let mut bound = bound.try_clone()?;
+                // One socket per worker: sockets beyond are closed once the
+                // old workers (which drain their queues as they stop) exit.
+                bound.sockets.truncate(workers.max(1));
                 let more = workers.saturating_sub(bound.sockets.len());
                 bound
                     .sockets
@@ -415,7 +439,9 @@ impl Supervisor {
                         .any(|w| matches!(w.phase, Phase::Starting(t) if Instant::now() >= t))
                     {
                         self.kill_all();
-                        bail!("a worker did not start within {START_TIMEOUT:?}");
+                        bail!(
+                            "a worker did not start in time (--helper-timeout + {START_MARGIN:?})"
+                        );
                     }
                     continue;
                 }
@@ -432,7 +458,8 @@ impl Supervisor {
                     self.stop_all_now();
                     bail!("stopped by signal {signal} during startup");
                 }
-                Event::Signal(_) => {}
+                // Acted on once the server runs.
+                other => self.deferred.push(other),
             }
         }
         Ok(())
@@ -440,6 +467,9 @@ impl Supervisor {
 
     /// The loop after startup; returns when every worker has stopped.
     fn supervise(mut self) -> Result<()> {
+        for event in std::mem::take(&mut self.deferred) {
+            self.handle(event);
+        }
         loop {
             if self.stopping.is_some() && self.workers.is_empty() {
                 info!("all workers stopped");
@@ -497,31 +527,32 @@ impl Supervisor {
     /// Deadlines: workers too slow to start or stop, restarts due.
     fn on_time(&mut self, now: Instant) {
         let mut late_starters = Vec::new();
-        for w in &self.workers {
+        for w in &mut self.workers {
             match w.phase {
-                Phase::Starting(t) if now >= t => late_starters.push(w.id),
+                Phase::Starting(t) if now >= t => {
+                    warn!("worker {} did not start in time: killed", w.pid);
+                    w.kill();
+                    w.phase = Phase::Killed;
+                    late_starters.push(w.generation);
+                }
                 Phase::Stopping(t) if now >= t => {
                     warn!(
                         "worker {} still running {STOP_GRACE:?} past the shutdown timeout: killed",
                         w.pid
                     );
                     w.kill();
+                    w.phase = Phase::Killed;
                 }
                 _ => {}
             }
         }
-        for id in late_starters {
-            if let Some(w) = self.workers.iter_mut().find(|w| w.id == id) {
-                warn!(
-                    "worker {} did not start within {START_TIMEOUT:?}: killed",
-                    w.pid
-                );
-                w.kill();
-                w.phase = Phase::Stopping(now + STOP_GRACE);
-            }
-            if self.reload.is_some() {
-                self.abandon_reload("a new worker did not start in time");
-            }
+        // A late starter of the current generation is restarted when its
+        // exit comes (`on_exit`); one of a new generation ends the reload.
+        if late_starters
+            .iter()
+            .any(|&g| self.reload.as_ref().is_some_and(|r| r.generation == g))
+        {
+            self.abandon_reload("a new worker did not start in time");
         }
         while self.restarts.front().is_some_and(|r| now >= r.at) {
             let Some(restart) = self.restarts.pop_front() else {
@@ -534,13 +565,14 @@ impl Supervisor {
                 }
             }
         }
+        self.update_health();
     }
 
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let phases = self.workers.iter().filter_map(|w| match w.phase {
             Phase::Starting(t) | Phase::Stopping(t) => Some(t),
-            Phase::Serving => None,
+            Phase::Serving | Phase::Killed => None,
         });
         let restarts = self.restarts.iter().map(|r| r.at);
         phases.chain(restarts).fold(far, Instant::min)
@@ -595,7 +627,8 @@ impl Supervisor {
         let Some(w) = self.remove(id) else {
             return;
         };
-        if matches!(w.phase, Phase::Stopping(_)) {
+        if self.stopping.is_some() || matches!(w.phase, Phase::Stopping(_)) {
+            // Asked to stop (shutdown, or the old generation of a reload).
             if !status.success() {
                 warn!(
                     "worker {} exited while stopping ({})",
@@ -612,10 +645,12 @@ impl Supervisor {
                 return;
             }
         }
-        if w.generation != self.generation || self.stopping.is_some() {
+        if w.generation != self.generation {
+            // Of an abandoned reload (killed), or a generation replaced.
             return;
         }
-        // Unexpected: restart it, after a pause if it keeps dying.
+        // Unexpected, or killed for not starting: restart it, after a
+        // pause if it keeps dying.
         let lived = w.started.elapsed();
         if lived >= STABLE_RUN {
             self.failures[w.slot] = 0;
@@ -632,10 +667,11 @@ impl Supervisor {
                 format!(" in {delay:?}")
             }
         );
-        self.restarts.push_back(Restart {
-            at: Instant::now() + delay,
-            slot: w.slot,
-        });
+        self.push_restart(Instant::now() + delay, w.slot);
+    }
+
+    fn push_restart(&mut self, at: Instant, slot: usize) {
+        self.restarts.push_back(Restart { at, slot });
         self.restarts.make_contiguous().sort_by_key(|r| r.at);
     }
 
@@ -653,11 +689,7 @@ impl Supervisor {
 
     fn schedule_restart(&mut self, slot: usize) {
         let delay = self.backoff(slot).max(RESTART_BASE);
-        self.restarts.push_back(Restart {
-            at: Instant::now() + delay,
-            slot,
-        });
-        self.restarts.make_contiguous().sort_by_key(|r| r.at);
+        self.push_restart(Instant::now() + delay, slot);
     }
 
     /// SIGHUP: re-read the command line and configuration; start a new
@@ -679,7 +711,10 @@ impl Supervisor {
             }
         };
         self.notifier.reloading();
-        let generation = self.generation + 1;
+        // Never reused: the workers of an abandoned reload may still be
+        // exiting when the next one starts.
+        self.last_generation += 1;
+        let generation = self.last_generation;
         let workers = plan.workers;
         self.reload = Some(Reload { generation, plan });
         for slot in 0..workers {
@@ -730,6 +765,7 @@ impl Supervisor {
             w.phase = Phase::Stopping(stop_at);
         }
         // Old-only listeners: the old workers closed theirs on STOP.
+        self.update_health();
         info!("configuration reloaded ({} worker(s))", self.plan.workers);
         self.plan.print_listeners();
         self.notifier.ready();
@@ -741,15 +777,15 @@ impl Supervisor {
             return;
         };
         error!("reload abandoned ({why}); the running workers keep serving");
-        let stop_at = Instant::now() + STOP_GRACE;
         for w in self
             .workers
             .iter_mut()
             .filter(|w| w.generation == reload.generation)
         {
             w.kill();
-            w.phase = Phase::Stopping(stop_at);
+            w.phase = Phase::Killed;
         }
+        self.update_health();
         self.notifier.ready();
     }
 
@@ -766,6 +802,7 @@ impl Supervisor {
             w.tell(worker::STOP);
             w.phase = match w.phase {
                 Phase::Stopping(t) => Phase::Stopping(t.min(stop_at)),
+                Phase::Killed => Phase::Killed,
                 _ => Phase::Stopping(stop_at),
             };
         }
@@ -815,8 +852,22 @@ impl Supervisor {
             _ => &self.plan,
         };
         let (ours, theirs) = UnixStream::pair().context("control socket")?;
+        // Everything that can fail is done before the process exists, so a
+        // failure leaves no unwatched child behind.
+        let id = self.next_id;
+        self.next_id += 1;
+        let killable = Arc::new(Mutex::new(None));
+        let (hand_child, child_handed) = mpsc::channel();
+        watch_worker(
+            id,
+            child_handed,
+            ours.try_clone()?,
+            Arc::clone(&killable),
+            self.sender.clone(),
+        )?;
         fds::set_cloexec(&theirs, false)?;
         let workers = plan.workers;
+        let start_timeout = plan.cli.helper_timeout.saturating_add(START_MARGIN);
         let sockets: Vec<(&TcpListener, bool)> = plan
             .listeners
             .iter()
@@ -867,16 +918,9 @@ impl Supervisor {
         // The child has its copy; ours would keep its end from ever closing.
         drop(theirs);
         let pid = child.id();
-        let id = self.next_id;
-        self.next_id += 1;
-        let killable = Arc::new(Mutex::new(Some(pid)));
-        watch_worker(
-            id,
-            child,
-            ours.try_clone()?,
-            Arc::clone(&killable),
-            self.sender.clone(),
-        )?;
+        *killable.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+        // The watcher exists already: once handed the child it always reaps it.
+        let _ = hand_child.send(child);
         self.workers.push(Worker {
             id,
             metrics_slot,
@@ -885,7 +929,7 @@ impl Supervisor {
             pid,
             killable,
             control: ours,
-            phase: Phase::Starting(Instant::now() + START_TIMEOUT),
+            phase: Phase::Starting(Instant::now() + start_timeout),
             started: Instant::now(),
         });
         Ok(())
@@ -902,10 +946,11 @@ fn worker_program() -> PathBuf {
     }
 }
 
-/// One thread per worker: forwards its reports, then reaps it.
+/// One thread per worker: gets the child once it is spawned (or nothing,
+/// if spawning failed), forwards its reports, then reaps it.
 fn watch_worker(
     id: u64,
-    mut child: std::process::Child,
+    child: Receiver<std::process::Child>,
     mut control: UnixStream,
     killable: Arc<Mutex<Option<u32>>>,
     sender: Sender<Event>,
@@ -913,10 +958,18 @@ fn watch_worker(
     std::thread::Builder::new()
         .name(format!("worker-{id}"))
         .spawn(move || {
+            let Ok(mut child) = child.recv() else {
+                return;
+            };
             let mut byte = [0u8; 1];
+            let mut reported = false;
             while let Ok(1) = control.read(&mut byte) {
-                if byte[0] == worker::READY && sender.send(Event::Ready(id)).is_err() {
-                    break;
+                // Once: a worker repeating itself cannot flood the loop.
+                if byte[0] == worker::READY && !reported {
+                    reported = true;
+                    if sender.send(Event::Ready(id)).is_err() {
+                        break;
+                    }
                 }
             }
             // The control socket ended: the worker is exiting (or exited).

@@ -33,8 +33,9 @@ pub fn listen_fds() -> Result<Option<Vec<TcpListener>>> {
     let Ok(count) = count.trim().parse::<RawFd>() else {
         bail!("LISTEN_FDS={count:?} is not a number");
     };
-    if !(1..=64).contains(&count) {
-        bail!("LISTEN_FDS={count}: expected 1 to 64 sockets");
+    let most = flash_core::MAX_LISTENERS as RawFd;
+    if !(1..=most).contains(&count) {
+        bail!("LISTEN_FDS={count}: expected 1 to {most} sockets");
     }
     (LISTEN_FDS_START..LISTEN_FDS_START + count)
         .map(|fd| {

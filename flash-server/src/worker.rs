@@ -11,7 +11,9 @@
 //! | `O` | supervisor | reopen the log files |
 //!
 //! End of file on the control socket (the supervisor is gone) also stops the
-//! worker gracefully: workers never outlive their supervisor for long.
+//! worker gracefully: workers never outlive their supervisor for long. The
+//! worker keeps its end open until it exits, so the end of the socket tells
+//! the supervisor the worker is gone.
 //! Signals from a terminal (Ctrl-C reaches the whole process group) are
 //! ignored here: the supervisor decides. SIGTERM sent to a worker itself
 //! stops it gracefully (the supervisor then starts another).
@@ -70,6 +72,7 @@ impl Inherited {
         }
         let control = UnixStream::from(take_fd(&control.to_string_lossy())?);
         let mut proxied = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let listeners = listeners
             .split(',')
             .filter(|s| !s.is_empty())
@@ -82,6 +85,9 @@ impl Inherited {
                     }
                     None => fd,
                 };
+                if !seen.insert(fd) {
+                    bail!("descriptor {fd} handed down twice");
+                }
                 Ok(TcpListener::from(take_fd(fd)?))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -119,7 +125,8 @@ fn take_fd(text: &str) -> Result<OwnedFd> {
         bail!("inherited descriptor {fd} is not open");
     }
     // SAFETY: the supervisor passed `fd` to this process for it alone;
-    // nothing else here has taken it (each number is taken once, above).
+    // nothing else here has taken it (each number is taken once: the
+    // listeners are checked for duplicates, the others are distinct sockets).
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     fds::set_cloexec(&owned, true)?;
     Ok(owned)
@@ -141,10 +148,20 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
     let access_log = access::open(&cli.access_log, cli.log_format)?;
     let log_handle = access_log.as_ref().map(AccessLog::handle);
     if let Some(user) = cli.user.as_deref().map(process::lookup_user).transpose()? {
+        // Already that user (a service manager started us as it): nothing
+        // to do; otherwise switching needs root, and fails clearly without.
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if unsafe { libc::geteuid() } != user.uid {
             process::drop_privileges(&user)?;
         }
+    }
+    // As the user the worker now runs as: a root it cannot read would
+    // otherwise only show as helpers failing to start.
+    if let Err(e) = std::fs::read_dir(&root) {
+        bail!(
+            "document root {} is not readable by this process ({e}); with --user, the user must be able to read it",
+            root.display()
+        );
     }
     let mut config = engine_config(&cli, root, helper_path);
     config.proxy_protocol.listeners = proxied;
@@ -163,9 +180,11 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
     );
     let mut reporter = control.try_clone()?;
     spawn_control_reader(control, shutdown_trigger, log_handle)?;
-    // A supervisor that is gone cannot be told; the worker serves anyway
-    // until its control socket reports the end.
-    let _ = reporter.write_all(&[READY]);
+    // Ready once the helpers run. A supervisor that is gone cannot be told;
+    // the worker serves anyway until its control socket reports the end.
+    server.notify_when_serving(move || {
+        let _ = reporter.write_all(&[READY]);
+    });
     server.run().context("event loop failed")?;
     Ok(())
 }
@@ -199,6 +218,9 @@ fn spawn_control_reader(
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            // The socket stays open until the process exits: its end is how
+            // the supervisor knows this worker is gone (and no longer
+            // signals its pid), so it must not end before.
             let mut byte = [0u8; 1];
             loop {
                 match control.read(&mut byte) {
@@ -207,11 +229,18 @@ fn spawn_control_reader(
                             log.reopen();
                         }
                     }
-                    Ok(1) if byte[0] != STOP => {}
-                    // STOP, end of file (supervisor gone) or an error.
+                    Ok(1) if byte[0] == STOP => {
+                        let _ = shutdown_trigger.write_all(&[1]);
+                    }
+                    Ok(1) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // End of file (the supervisor is gone) or an error.
                     _ => {
                         let _ = shutdown_trigger.write_all(&[1]);
-                        return;
+                        // Parked, holding the socket, until the process exits.
+                        loop {
+                            std::thread::park();
+                        }
                     }
                 }
             }

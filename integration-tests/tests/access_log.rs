@@ -437,7 +437,7 @@ fn sigusr1_reopens_in_a_root_owned_directory_under_user() {
     let reopened = wait_until(LOG_DEADLINE, || {
         numbered_requests(&server, sent..sent + 1);
         sent += 1;
-        read_lines(&path).len() > 0
+        !read_lines(&path).is_empty()
     });
     assert!(
         reopened,

@@ -409,3 +409,46 @@ fn several_proxy_listeners_each_serve() {
         "plain listener",
     );
 }
+
+/// A balancer sends the PROXY header when it connects, before its client
+/// sends anything: at a graceful stop such a connection is idle like any
+/// other and must not hold the stop for a whole header timeout.
+#[test]
+fn a_header_arriving_during_a_stop_does_not_hold_it() {
+    let root = root();
+    let mut server = start(
+        &root,
+        &["--header-timeout", "60s", "--shutdown-timeout", "60s"],
+    );
+    let proxy = server.proxy_addrs[0];
+    let mut stream = connect(proxy);
+    // Accepted (the engine holds it) before the stop.
+    let mut probe = connect(proxy);
+    probe
+        .write_all(&v1("192.0.2.1", "127.0.0.1", 1, 80))
+        .unwrap();
+    probe.write_all(&get_index()).unwrap();
+    assert_ok(
+        read_response(&mut BufReader::new(probe.try_clone().unwrap()), false),
+        "before the stop",
+    );
+    integration_tests::harness::signal(server.pid(), libc::SIGTERM);
+    assert!(server.await_stderr("shutting down", 1, Duration::from_secs(10)));
+    stream
+        .write_all(&v1("192.0.2.2", "127.0.0.1", 2, 80))
+        .unwrap();
+    let stopped = Instant::now();
+    let (status, stderr) = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the server stops");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "the stop took {:?}, as if the header timeout ran",
+        stopped.elapsed()
+    );
+    assert!(
+        !stderr.contains("no complete PROXY header"),
+        "an idle connection at a stop is not a bad header: {stderr}"
+    );
+}

@@ -467,3 +467,70 @@ fn socket_activation_serves_the_inherited_socket_and_readiness_is_notified() {
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("from the service manager"), "{stderr}");
 }
+
+/// A worker that does not report within its start time (here: frozen right
+/// after it was started) is killed and replaced, not forgotten: the server
+/// is never left without a worker.
+#[test]
+fn a_worker_too_slow_to_start_is_killed_and_replaced() {
+    let root = site("workers-slow-start");
+    let server = Server::start(root.path(), &["--helper-timeout", "1s"]);
+    let first = server.engine_pid();
+    signal(first, libc::SIGKILL);
+    // Freeze the replacement as soon as it exists.
+    let mut frozen = 0;
+    assert!(wait_until(IO_TIMEOUT, || {
+        match server.worker_pids().into_iter().find(|&p| p != first) {
+            Some(pid) => {
+                signal(pid, libc::SIGSTOP);
+                frozen = pid;
+                true
+            }
+            None => false,
+        }
+    }));
+    assert!(
+        server.await_stderr("did not start in time: killed", 1, Duration::from_secs(15)),
+        "stderr:\n{}",
+        server.stderr_so_far()
+    );
+    let served = wait_until(Duration::from_secs(15), || {
+        fetch(server.addr).is_ok_and(|b| b == BODY.as_bytes())
+    });
+    assert!(served, "stderr:\n{}", server.stderr_so_far());
+    let now = server.engine_pid();
+    assert!(now != first && now != frozen, "{now}");
+}
+
+/// A reload whose new workers cannot serve (here: the new configuration is
+/// valid as the supervisor sees it, but the root is no longer readable by
+/// the workers' user) is abandoned: the old workers keep serving.
+#[test]
+fn a_reload_whose_workers_cannot_serve_is_abandoned() {
+    if !integration_tests::harness::require_root("workers run as nobody") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let root = site("workers-abandon");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Server::start(root.path(), &["--workers", "2", "--user", "nobody"]);
+    let workers: HashSet<u32> = await_workers(&server, 2, &HashSet::new())
+        .into_iter()
+        .collect();
+    assert_eq!(fetch(server.addr).unwrap(), BODY.as_bytes());
+    // Root can still read it (so the supervisor's checks pass); nobody cannot.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    signal(server.pid(), libc::SIGHUP);
+    assert!(
+        server.await_stderr("reload abandoned", 1, IO_TIMEOUT),
+        "stderr:\n{}",
+        server.stderr_so_far()
+    );
+    assert!(server.stderr_so_far().contains("is not readable"));
+    // The old workers hold the root open: they still serve.
+    assert_eq!(fetch(server.addr).unwrap(), BODY.as_bytes());
+    let now: HashSet<u32> = await_workers(&server, 2, &HashSet::new())
+        .into_iter()
+        .collect();
+    assert_eq!(now, workers, "the old workers keep serving");
+}
