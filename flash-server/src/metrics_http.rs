@@ -1,18 +1,17 @@
 //! The metrics endpoint (`--metrics-listen`): a small blocking HTTP/1.1
-//! server on its own thread, apart from the event loop, answering
+//! server in the supervisor, apart from every event loop, answering
 //! `GET /metrics` (Prometheus text format, the sums of every slot of the
 //! metrics region) and `GET /healthz`.
 //!
-//! It serves one connection at a time and closes each after one response:
-//! scrapers are few and patient. Every wait is bounded (a request must
-//! arrive within [`IO_TIMEOUT`] in all, and be at most [`MAX_REQUEST`]
-//! bytes; writes time out too), so a stuck or hostile scraper holds the
-//! endpoint for at most a few seconds and never affects the HTTP server.
+//! A few threads each serve one connection at a time and close it after one
+//! response: scrapers are few and patient. Every wait is bounded (a request
+//! must arrive within [`IO_TIMEOUT`] in all, and be at most [`MAX_REQUEST`]
+//! bytes; writes time out too), so a stuck or hostile client holds one
+//! thread for at most a few seconds and never affects the HTTP server.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flash_core::MetricsRegion;
@@ -25,32 +24,39 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 /// Whether the server is healthy (answers `/healthz` with 200, else 503).
 pub type Health = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Serves the endpoint on `listener` from a new thread, until the process exits.
-pub fn spawn(
-    listener: TcpListener,
-    region: Arc<MetricsRegion>,
-    healthy: Health,
-) -> io::Result<JoinHandle<()>> {
+/// Threads answering the endpoint, each one connection at a time: a
+/// client that stalls (for at most the 2 s timeouts) holds one of them, so
+/// health checks still get through.
+const THREADS: usize = 4;
+
+/// Serves the endpoint on `listener` from `THREADS` threads, until the
+/// process exits.
+pub fn spawn(listener: TcpListener, region: Arc<MetricsRegion>, healthy: Health) -> io::Result<()> {
     listener.set_nonblocking(false)?;
-    std::thread::Builder::new()
-        .name("metrics-http".into())
-        .spawn(move || {
-            let mut body = String::with_capacity(16 * 1024);
-            loop {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        if let Err(e) = serve(stream, &region, &healthy, &mut body) {
-                            log::debug!("metrics endpoint: {e}");
+    for i in 0..THREADS {
+        let listener = listener.try_clone()?;
+        let (region, healthy) = (Arc::clone(&region), Arc::clone(&healthy));
+        std::thread::Builder::new()
+            .name(format!("metrics-http-{i}"))
+            .spawn(move || {
+                let mut body = String::with_capacity(16 * 1024);
+                loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if let Err(e) = serve(stream, &region, &healthy, &mut body) {
+                                log::debug!("metrics endpoint: {e}");
+                            }
+                        }
+                        Err(e) => {
+                            // EMFILE and the like: do not spin.
+                            log::warn!("metrics endpoint: accept: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
                         }
                     }
-                    Err(e) => {
-                        // EMFILE and the like: do not spin.
-                        log::warn!("metrics endpoint: accept: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
                 }
-            }
-        })
+            })?;
+    }
+    Ok(())
 }
 
 /// Answers one request on `stream`, then closes it.

@@ -28,7 +28,9 @@ fn site(tag: &str) -> TempDir {
     root
 }
 
-/// Established TCP connections among the descriptors of `pid`.
+/// Sockets among the descriptors of `pid` (its listeners, helper sockets
+/// and connections: compared before and after, the difference is the
+/// connections it took).
 fn sockets_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| {
@@ -414,16 +416,35 @@ fn socket_activation_serves_the_inherited_socket_and_readiness_is_notified() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    // Killed if the test fails (its workers follow the supervisor).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let mut child = KillOnDrop(child);
+    // Lines arrive through a channel, so a server that prints nothing
+    // fails the test instead of hanging it.
+    let (lines, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = || line_rx.recv_timeout(IO_TIMEOUT).expect("a stdout line");
+    let line = next_line();
     let port: u16 = line
         .trim()
         .strip_prefix("activated ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("wrapper said {line:?}"));
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
+    let line = next_line();
     // The inherited socket, not the --listen address.
     assert_eq!(line.trim(), format!("listening on http://127.0.0.1:{port}"));
     let mut datagram = [0u8; 256];
@@ -431,13 +452,13 @@ fn socket_activation_serves_the_inherited_socket_and_readiness_is_notified() {
     let ready = String::from_utf8_lossy(&datagram[..n]).into_owned();
     assert!(ready.starts_with("READY=1\n"), "{ready:?}");
     assert!(
-        ready.contains(&format!("MAINPID={}", child.id())),
+        ready.contains(&format!("MAINPID={}", child.0.id())),
         "{ready:?}"
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(fetch(addr).unwrap(), BODY.as_bytes());
 
-    signal(child.id(), libc::SIGHUP);
+    signal(child.0.id(), libc::SIGHUP);
     let n = notify.recv(&mut datagram).expect("RELOADING=1");
     assert!(String::from_utf8_lossy(&datagram[..n]).starts_with("RELOADING=1\nMONOTONIC_USEC="));
     let n = notify
@@ -446,24 +467,19 @@ fn socket_activation_serves_the_inherited_socket_and_readiness_is_notified() {
     assert!(String::from_utf8_lossy(&datagram[..n]).starts_with("READY=1"));
     assert_eq!(fetch(addr).unwrap(), BODY.as_bytes());
 
-    signal(child.id(), libc::SIGTERM);
+    signal(child.0.id(), libc::SIGTERM);
     let n = notify.recv(&mut datagram).expect("STOPPING=1");
     assert_eq!(&datagram[..n], b"STOPPING=1");
     let deadline = Instant::now() + IO_TIMEOUT;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "still running after SIGTERM");
         std::thread::sleep(Duration::from_millis(5));
     };
     let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    stderr_pipe.read_to_string(&mut stderr).unwrap();
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("from the service manager"), "{stderr}");
 }
