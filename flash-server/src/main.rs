@@ -1,11 +1,13 @@
 //! flash-server: the binary. A thin layer over `flash-core`: it parses the
 //! command line, binds the listeners, drops privileges, wires SIGINT/SIGTERM
 //! to a graceful shutdown, and runs the engine. With no document root it
-//! serves an embedded demo site.
+//! serves an embedded demo site. Settings may also come from a TOML file
+//! (`--config`, see `settings`).
 
 mod demo_site;
 mod listen;
 mod process;
+mod settings;
 mod signals;
 
 use std::net::{SocketAddr, TcpListener};
@@ -23,6 +25,10 @@ use flash_core::{Arch, Config, HiddenFiles, Server, SymlinkPolicy, DEFAULT_INDEX
 struct Cli {
     /// Directory to serve. Without it, an embedded demo site is served.
     root: Option<PathBuf>,
+
+    /// Read settings from this TOML file (keys: the long flag names); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 
     /// Address to listen on (repeatable). Port 0 picks a free port.
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -194,7 +200,7 @@ impl std::fmt::Display for IndexNames {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = settings::load_or_exit(&std::env::args_os().collect::<Vec<_>>());
     process::init_logging(cli.log_level);
     if let Err(e) = run(cli) {
         eprintln!("flash-server: {e:#}");
