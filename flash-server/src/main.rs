@@ -2,8 +2,9 @@
 //! command line, binds the listeners, drops privileges, wires SIGINT/SIGTERM
 //! to a graceful shutdown, and runs the engine. With no document root it
 //! serves an embedded demo site. Settings may also come from a TOML file
-//! (`--config`, see `settings`).
+//! (`--config`, see `settings`); `--check` validates them (see `check`).
 
+mod check;
 mod demo_site;
 mod listen;
 mod process;
@@ -29,6 +30,10 @@ struct Cli {
     /// Read settings from this TOML file (keys: the long flag names); flags given here win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Check the flags, the configuration file, the root and the helper, then exit (0: OK, 1: not).
+    #[arg(long)]
+    check: bool,
 
     /// Address to listen on (repeatable). Port 0 picks a free port.
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -202,6 +207,9 @@ impl std::fmt::Display for IndexNames {
 fn main() {
     let cli: Cli = settings::load_or_exit(&std::env::args_os().collect::<Vec<_>>());
     process::init_logging(cli.log_level);
+    if cli.check {
+        check::exit_with_verdict(&cli);
+    }
     if let Err(e) = run(cli) {
         eprintln!("flash-server: {e:#}");
         std::process::exit(1);
@@ -209,9 +217,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if matches!(cli.arch, ArchArg::Amped) && cli.helpers == 0 {
-        bail!("--helpers 0: the AMPED architecture needs at least one helper process (--arch sped runs without)");
-    }
+    check::check_helper_count(&cli)?;
     let user = cli.user.as_deref().map(process::lookup_user).transpose()?;
     let demo = match &cli.root {
         Some(_) => None,
@@ -235,12 +241,7 @@ fn run(cli: Cli) -> Result<()> {
     if !root.is_dir() {
         bail!("document root {} is not a directory", root.display());
     }
-    let helper_path = match &cli.helper_path {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("cannot locate flash-server")?
-            .with_file_name("flash-helper"),
-    };
+    let helper_path = check::helper_path(&cli)?;
     if matches!(cli.arch, ArchArg::Amped) && !helper_path.is_file() {
         bail!(
             "helper executable {} not found (build it, or pass --helper-path)",
