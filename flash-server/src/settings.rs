@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use clap::parser::ValueSource;
-use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches, Parser};
+use clap::{Arg, ArgAction, ArgMatches, Command, Parser};
 
 /// The id (and long name) of the flag that names the configuration file.
 pub const CONFIG_ARG: &str = "config";
@@ -39,18 +39,75 @@ pub const COMMAND_LINE_ONLY: [&str; 4] = [CONFIG_ARG, "check", "help", "version"
 /// e.g. `/etc/flash/flash.toml:12: unknown key "helper-timout" (did you
 /// mean "helper-timeout"?)`.
 pub fn load<C: Parser>(args: &[OsString]) -> Result<C> {
-    let command = C::command();
+    let (_, matches) = parse_merged(&C::command(), args)?;
+    Ok(C::from_arg_matches(&matches)?)
+}
+
+/// `args` with the settings of their `--config` file spelled out as flags
+/// and the `--config FILE` itself removed: a command line that means what
+/// `args` mean now, whatever later becomes of the file. For handing a
+/// consistent snapshot of the configuration to another process (a worker),
+/// which then must not read the file itself. Errors as [`load`].
+// Not called yet: the API for the supervisor (`--workers`) to hand its
+// workers the configuration it validated.
+#[allow(dead_code)]
+pub fn expand<C: Parser>(args: &[OsString]) -> Result<Vec<OsString>> {
+    let (merged, _) = parse_merged(&C::command(), args)?;
+    Ok(without_config(&merged))
+}
+
+/// `args` with the settings of their `--config` file (if any) merged in:
+/// the merged command line and its parse.
+fn parse_merged(command: &Command, args: &[OsString]) -> Result<(Vec<OsString>, ArgMatches)> {
     let matches = command.clone().try_get_matches_from(args)?;
     let Some(path) = matches
         .get_raw(CONFIG_ARG)
         .and_then(|mut values| values.next())
         .map(PathBuf::from)
     else {
-        return Ok(C::from_arg_matches(&matches)?);
+        return Ok((args.to_vec(), matches));
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-    merge(&command, &matches, args, &path.display().to_string(), &text)
+    let file = path.display().to_string();
+    let merged = merge(command, &matches, args, &file, &text)?;
+    let matches = parse_with_file(command, &merged, &file)?;
+    Ok((merged, matches))
+}
+
+/// Parses the merged command line `merged`; an error (say, two settings
+/// that conflict) is reported as the file's, since the command line alone
+/// parsed.
+fn parse_with_file(command: &Command, merged: &[OsString], file: &str) -> Result<ArgMatches> {
+    command
+        .clone()
+        .try_get_matches_from(merged)
+        .map_err(|e| anyhow!("{file}: {}", clap_message(&e)))
+}
+
+/// `args` without `--config FILE` / `--config=FILE` (before a `--`, after
+/// which every word is a positional value).
+#[allow(dead_code)] // see `expand`
+fn without_config(args: &[OsString]) -> Vec<OsString> {
+    let flag = format!("--{CONFIG_ARG}");
+    let mut kept = Vec::with_capacity(args.len());
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        if word == "--" {
+            kept.push(word.clone());
+            kept.extend(words.cloned());
+            break;
+        }
+        if *word == *flag {
+            words.next();
+            continue;
+        }
+        if word.to_string_lossy().starts_with(&format!("{flag}=")) {
+            continue;
+        }
+        kept.push(word.clone());
+    }
+    kept
 }
 
 /// [`load`], or the process ends as a command line's error would: for a
@@ -71,15 +128,16 @@ pub fn load_or_exit<C: Parser>(args: &[OsString]) -> C {
 }
 
 /// `args` with the settings of the configuration file `text` (called
-/// `file` in messages) added for the arguments `matches` (the parse of
-/// `args`) did not get from the command line.
-fn merge<C: FromArgMatches>(
+/// `file` in messages) added, as flags before the command line's own, for
+/// the arguments `matches` (the parse of `args`) did not get from the
+/// command line.
+fn merge(
     command: &Command,
     matches: &ArgMatches,
     args: &[OsString],
     file: &str,
     text: &str,
-) -> Result<C> {
+) -> Result<Vec<OsString>> {
     let document = toml_edit::Document::parse(text).map_err(|e| {
         let line = e.span().map_or(1, |span| line_of(text, span.start));
         anyhow!("{file}:{line}: TOML syntax error: {}", e.message().trim())
@@ -138,11 +196,7 @@ fn merge<C: FromArgMatches>(
     merged.extend(positional);
     merged.extend(flags);
     merged.extend(args.iter().skip(1).cloned());
-    let matches = command
-        .clone()
-        .try_get_matches_from(merged)
-        .map_err(|e| anyhow!("{file}: {}", clap_message(&e)))?;
-    Ok(C::from_arg_matches(&matches)?)
+    Ok(merged)
 }
 
 /// The configuration-file key of `arg`: its long name, or for a positional
@@ -281,7 +335,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
     use crate::Cli;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
     use std::time::Duration;
 
     /// `flash-server ARGS` with the configuration file `text` merged in
@@ -293,7 +347,9 @@ mod tests {
             .collect();
         let command = Cli::command();
         let matches = command.clone().try_get_matches_from(&args)?;
-        merge(&command, &matches, &args, "flash.toml", text)
+        let merged = merge(&command, &matches, &args, "flash.toml", text)?;
+        let matches = parse_with_file(&command, &merged, "flash.toml")?;
+        Ok(Cli::from_arg_matches(&matches)?)
     }
 
     fn error(args: &[&str], text: &str) -> String {
@@ -463,6 +519,52 @@ mod tests {
         assert_eq!(
             load::<Cli>(&args[..1]).unwrap().helpers,
             flash_core::DEFAULT_HELPERS
+        );
+    }
+
+    #[test]
+    fn expand_spells_the_file_out_as_flags() {
+        let path = std::env::temp_dir().join(format!("flash-expand-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "root = \"/srv\"\nhelpers = 4\nno-header-cache = true\n",
+        )
+        .unwrap();
+        let args: Vec<OsString> = ["flash-server", "--helpers", "2", "--config"]
+            .iter()
+            .map(OsString::from)
+            .chain([path.clone().into_os_string()])
+            .chain(["--index".into(), "a.html".into()])
+            .collect();
+        let loaded = load::<Cli>(&args);
+        let expanded = expand::<Cli>(&args);
+        std::fs::remove_file(&path).unwrap();
+        let (loaded, expanded) = (loaded.unwrap(), expanded.unwrap());
+        assert!(
+            !expanded
+                .iter()
+                .any(|a| a.to_string_lossy().contains("config")),
+            "{expanded:?}"
+        );
+        // The expanded command line means what the file and flags meant.
+        let again = load::<Cli>(&expanded).unwrap();
+        assert_eq!(again.root, Some("/srv".into()));
+        assert_eq!(again.helpers, 2, "the flag still wins");
+        assert!(again.no_header_cache);
+        assert_eq!(
+            format!(
+                "{:?}",
+                Cli {
+                    config: None,
+                    ..loaded
+                }
+            ),
+            format!("{again:?}")
+        );
+        let words = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            without_config(&words(&["s", "--config=x", "-- ", "--", "--config", "y"])),
+            words(&["s", "-- ", "--", "--config", "y"])
         );
     }
 
