@@ -113,11 +113,16 @@ fn without_config(args: &[OsString]) -> Vec<OsString> {
 /// [`load`], or the process ends as a command line's error would: for a
 /// usage error, `--help` or `--version` as clap ends it (status 2, or 0
 /// after printing help or the version), for a problem with the file with
-/// the message on stderr and status 1.
+/// the message on stderr and status 1. Under `--check` every problem ends
+/// with status 1, the verdict "not OK".
 pub fn load_or_exit<C: Parser>(args: &[OsString]) -> C {
     match load(args) {
         Ok(cli) => cli,
         Err(e) => match e.downcast_ref::<clap::Error>() {
+            Some(usage) if usage.use_stderr() && args.iter().any(|a| a == "--check") => {
+                let _ = usage.print();
+                std::process::exit(1);
+            }
             Some(usage) => usage.exit(),
             None => {
                 eprintln!("flash-server: {e:#}");

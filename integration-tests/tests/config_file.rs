@@ -192,7 +192,11 @@ fn check_rejects_a_bad_setup_with_the_reason() {
     let a_file = root.path().join(".env");
     let not_executable = conf.write("flash-helper", "#!/bin/sh\n");
     let bad_key = conf.write("bad.toml", format!("root = {root_str:?}\nhelperz = 2\n"));
-    let cases: [(&[&str], String); 6] = [
+    let cases: [(&[&str], String); 7] = [
+        (
+            &[root_str, "--header-timeout", "soon"],
+            "invalid duration: soon".into(),
+        ),
         (
             &[path_str(&missing)],
             format!("document root {}", missing.display()),
