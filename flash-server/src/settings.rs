@@ -205,7 +205,7 @@ fn merge(
 }
 
 /// The configuration-file key of `arg`: its long name, or for a positional
-/// argument its id in kebab-case (`root`).
+/// argument its id (`root`).
 fn key_of(arg: &Arg) -> Option<&str> {
     match arg.get_long() {
         Some(long) => Some(long),
