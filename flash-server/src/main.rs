@@ -6,12 +6,14 @@
 //! it serves an embedded demo site.
 
 mod access;
+mod check;
 mod demo_site;
 mod fds;
 mod helper_path;
 mod listen;
 mod metrics_http;
 mod process;
+mod settings;
 mod supervisor;
 mod systemd;
 mod worker;
@@ -32,6 +34,14 @@ use flash_core::{Arch, Config, HiddenFiles, SymlinkPolicy, DEFAULT_INDEX_NAMES};
 struct Cli {
     /// Directory to serve. Without it, an embedded demo site is served.
     root: Option<PathBuf>,
+
+    /// Read settings from this TOML file (keys: the long flag names); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Check the flags, the configuration file, the root and the helper, then exit (0: OK, 1: not).
+    #[arg(long)]
+    check: bool,
 
     /// Worker processes, each a complete engine with its own helpers ("auto": one per core).
     #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_workers)]
@@ -249,11 +259,13 @@ impl std::fmt::Display for IndexNames {
 
 fn main() {
     fds::sanitize_inherited();
-    let cli = Cli::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli: Cli = settings::load_or_exit(&args);
     process::init_logging(cli.log_level);
     let result = match worker::Inherited::from_env() {
         Ok(Some(inherited)) => worker::run(cli, inherited),
-        Ok(None) => supervisor::run(cli),
+        Ok(None) if cli.check => check::exit_with_verdict(&cli),
+        Ok(None) => supervisor::run(&args),
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -262,19 +274,11 @@ fn main() {
     }
 }
 
-/// The command line `args` (program name first), parsed again: what a
-/// reload reads.
-fn parse_args(args: &[OsString]) -> Result<Cli> {
-    Ok(Cli::try_parse_from(args)?)
-}
-
 /// The document root and helper executable `cli` asks for, checked:
 /// `root_override` is the supervisor's choice (the demo site) when no root
 /// is given.
 fn locate(cli: &Cli, root_override: Option<PathBuf>) -> Result<(PathBuf, PathBuf)> {
-    if matches!(cli.arch, ArchArg::Amped) && cli.helpers == 0 {
-        bail!("--helpers 0: the AMPED architecture needs at least one helper process (--arch sped runs without)");
-    }
+    check::check_helper_count(cli)?;
     let root = match (&cli.root, root_override) {
         (Some(root), _) => root.clone(),
         (None, Some(root)) => root,
@@ -285,10 +289,7 @@ fn locate(cli: &Cli, root_override: Option<PathBuf>) -> Result<(PathBuf, PathBuf
     if !root.is_dir() {
         bail!("document root {} is not a directory", root.display());
     }
-    let helper_path = match &cli.helper_path {
-        Some(path) => path.clone(),
-        None => helper_path::find(&std::env::current_exe().context("cannot locate flash-server")?),
-    };
+    let helper_path = check::helper_path(cli)?;
     if matches!(cli.arch, ArchArg::Amped) && !helper_path.is_file() {
         bail!(
             "helper executable {} not found (build or install it too: `cargo install --path flash-helper`; or pass --helper-path)",

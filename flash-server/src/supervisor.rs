@@ -33,7 +33,7 @@ use crate::demo_site::DemoSite;
 use crate::systemd::{self, Notifier};
 use flash_core::MetricsRegion;
 
-use crate::{access, fds, listen, locate, metrics_http, process, worker, Cli};
+use crate::{access, fds, listen, locate, metrics_http, process, settings, worker, Cli};
 
 /// Time a new worker gets to report that it serves, beyond
 /// `--helper-timeout` (which bounds each of its helpers' start).
@@ -108,6 +108,10 @@ impl Worker {
 /// A configuration the workers of one generation run with.
 struct Plan {
     cli: Cli,
+    /// The command line the workers are given: `cli` with the
+    /// configuration file's settings spelled out (they never read the file,
+    /// so they run exactly what was checked here).
+    args: Vec<OsString>,
     workers: usize,
     listeners: Vec<Bound>,
 }
@@ -174,7 +178,7 @@ struct Restart {
 }
 
 pub struct Supervisor {
-    /// The command line, for workers and for re-reading on reload.
+    /// The command line, re-read (with its configuration file) on reload.
     args: Vec<OsString>,
     events: Receiver<Event>,
     sender: Sender<Event>,
@@ -219,9 +223,11 @@ impl Health {
     }
 }
 
-/// Runs the server: binds, starts the workers, supervises until stopped.
-pub fn run(cli: Cli) -> Result<()> {
-    let args: Vec<OsString> = std::env::args_os().collect();
+/// Runs the server with the command line `args` (and the configuration
+/// file it names): binds, starts the workers, supervises until stopped.
+pub fn run(args: &[OsString]) -> Result<()> {
+    let args = args.to_vec();
+    let (cli, expanded) = settings::load_expanded::<Cli>(&args)?;
     let notifier = Notifier::from_env();
     let inherited = systemd::listen_fds()?;
     let (sender, events) = mpsc::channel();
@@ -304,6 +310,7 @@ pub fn run(cli: Cli) -> Result<()> {
         sender,
         plan: Plan {
             cli,
+            args: expanded,
             workers,
             listeners,
         },
@@ -728,7 +735,7 @@ impl Supervisor {
 
     /// The new configuration, checked as far as possible before any worker runs it.
     fn load_plan(&self) -> Result<Plan> {
-        let cli = crate::parse_args(&self.args)?;
+        let (cli, args) = settings::load_expanded::<Cli>(&self.args)?;
         locate(&cli, self.demo.as_ref().map(|d| d.path().to_path_buf()))?;
         if let Some(user) = &cli.user {
             process::lookup_user(user)?;
@@ -745,6 +752,7 @@ impl Supervisor {
         };
         Ok(Plan {
             cli,
+            args,
             workers,
             listeners,
         })
@@ -888,7 +896,7 @@ impl Supervisor {
         let sockets: Vec<&TcpListener> = sockets.into_iter().map(|(s, _)| s).collect();
         let mut command = Command::new(worker_program());
         command
-            .args(self.args.iter().skip(1))
+            .args(plan.args.iter().skip(1))
             .env(worker::CONTROL_ENV, theirs.as_raw_fd().to_string())
             .env(worker::LISTENERS_ENV, listener_fds.join(","))
             .env(
