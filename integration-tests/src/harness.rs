@@ -283,9 +283,10 @@ impl Server {
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
-        // One worker unless the test asks: most tests look at the engine
-        // process (its descriptors, helpers, system calls).
-        if !args.contains(&"--workers") {
+        // One worker unless the test asks (or its configuration file
+        // does): most tests look at the engine process (its descriptors,
+        // helpers, system calls).
+        if !args.contains(&"--workers") && !args.contains(&"--config") {
             command.args(["--workers", "1"]);
         }
         let mut child = command

@@ -82,7 +82,7 @@ fn settings_of_the_file_take_effect() {
     let file = conf.write(
         "flash.toml",
         format!(
-            "# a comment\nroot = {:?}\nhidden = \"allow\"\nindex = \"default.htm, index.html\"\nhelpers = 2\n",
+            "# a comment\nroot = {:?}\nhidden = \"allow\"\nindex = \"default.htm, index.html\"\nhelpers = 2\nworkers = 1\n",
             path_str(root.path())
         ),
     );
@@ -97,6 +97,7 @@ fn settings_of_the_file_take_effect() {
         r.body, b"default.htm\n",
         "index from the file, in its order"
     );
+    assert_eq!(server.worker_pids().len(), 1, "workers = 1");
     assert_eq!(server.helper_pids().len(), 2, "helpers = 2");
 }
 

@@ -550,3 +550,64 @@ fn a_reload_whose_workers_cannot_serve_is_abandoned() {
         .collect();
     assert_eq!(now, workers, "the old workers keep serving");
 }
+
+/// SIGHUP applies an edited configuration file: here the index names and
+/// the number of workers change; then an edit with a mistake is refused
+/// with the file's line, and the workers of the last good one keep serving.
+#[test]
+fn reload_applies_the_edited_file_and_refuses_a_bad_one() {
+    let root = site("workers-config");
+    root.write("dir/first.html", "first\n");
+    root.write("dir/second.html", "second\n");
+    let conf_dir = TempDir::new("workers-config-file");
+    let conf = conf_dir.path().join("flash.toml");
+    std::fs::write(&conf, "workers = 1\nindex = \"first.html\"\n").unwrap();
+    let server = Server::start(root.path(), &["--config", conf.to_str().unwrap()]);
+    let dir_body = || -> Vec<u8> {
+        let stream = server.connect();
+        (&stream)
+            .write_all(b"GET /dir/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        read_response(&mut BufReader::new(stream), false)
+            .unwrap()
+            .body
+    };
+    assert_eq!(dir_body(), b"first\n");
+    let before: HashSet<u32> = await_workers(&server, 1, &HashSet::new())
+        .into_iter()
+        .collect();
+
+    std::fs::write(&conf, "workers = 3\nindex = \"second.html\"\n").unwrap();
+    signal(server.pid(), libc::SIGHUP);
+    assert!(server.await_stderr("configuration reloaded", 1, IO_TIMEOUT));
+    assert!(wait_until(IO_TIMEOUT, || before
+        .iter()
+        .all(|&p| !process_alive(p))));
+    await_workers(&server, 3, &before);
+    assert_eq!(dir_body(), b"second\n");
+
+    std::fs::write(&conf, "index = \"second.html\"\nindex-names = \"oops\"\n").unwrap();
+    let serving: HashSet<u32> = server.worker_pids().into_iter().collect();
+    signal(server.pid(), libc::SIGHUP);
+    assert!(
+        server.await_stderr("reload refused", 1, IO_TIMEOUT),
+        "stderr:\n{}",
+        server.stderr_so_far()
+    );
+    let refused = server
+        .stderr_so_far()
+        .lines()
+        .find(|l| l.contains("reload refused"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        refused.contains(":2: unknown key \"index-names\""),
+        "the line names the file, line and key: {refused}"
+    );
+    assert_eq!(dir_body(), b"second\n");
+    let now: HashSet<u32> = server.worker_pids().into_iter().collect();
+    assert_eq!(
+        now, serving,
+        "the workers of the last good configuration keep serving"
+    );
+}
