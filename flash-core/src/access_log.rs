@@ -29,6 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use flash_http::civil_from_days;
 use log::warn;
 
 /// Bytes of formatted lines that may wait for the writer thread (in the
@@ -637,21 +638,6 @@ fn push_u00(buf: &mut Vec<u8>, b: u8) {
         HEX[usize::from(b >> 4)],
         HEX[usize::from(b & 15)],
     ]);
-}
-
-/// Days since 1970-01-01 to (year, month 1-12, day 1-31) (Howard Hinnant's
-/// `civil_from_days`, non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Where the parts of a request a log line needs are in the bytes of its

@@ -39,8 +39,9 @@ pub(crate) fn imf_fixdate(unix_secs: u64) -> [u8; 29] {
 }
 
 /// Days since 1970-01-01 to (year, month 1-12, day 1-31); Howard Hinnant's
-/// `civil_from_days`, restricted to non-negative days.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+/// `civil_from_days`, restricted to non-negative days. (Also used by the
+/// access log's timestamps.)
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;

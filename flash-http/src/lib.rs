@@ -73,7 +73,7 @@ mod request;
 mod response;
 
 pub use conditional::{select, ETag, Selection, Validators};
-pub use date::{format_http_date, DateCache};
+pub use date::{civil_from_days, format_http_date, DateCache};
 pub use mime::content_type;
 pub use path::{is_hidden, normalize_path, percent_encode_path};
 pub use proxy::{
