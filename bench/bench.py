@@ -129,7 +129,9 @@ def cpu_snapshot(root: int) -> dict:
             tid = int(path.split("/")[4])
             try:
                 with open(path) as f:
-                    snap[("t", pid, tid)] = int(f.read().split()[0])
+                    fields = f.read().split()
+                snap[("t", pid, tid)] = int(fields[0])
+                snap[("c", pid, tid)] = int(fields[2])  # times scheduled in (wake-ups)
             except (OSError, ValueError, IndexError):
                 pass
         try:
@@ -542,8 +544,8 @@ def client_prefix(a, client_cpu: str) -> list[str]:
     return cmd
 
 
-def run_wrk(url: str, a, duration: int, client_cpu: str) -> tuple[WrkResult, str]:
-    cmd = client_prefix(a, client_cpu) + ["wrk", f"-t{a.threads}", f"-c{a.connections}",
+def run_wrk(url: str, a, duration: int, client_cpu: str, threads: int | None = None) -> tuple[WrkResult, str]:
+    cmd = client_prefix(a, client_cpu) + ["wrk", f"-t{threads or a.threads}", f"-c{a.connections}",
                                           f"-d{duration}s", "--latency", url]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
@@ -657,6 +659,10 @@ def main() -> int:
                          "flash and nginx with the access log on and off, one worker (bench/run access-log)")
     ap.add_argument("--worker-counts", default=env("BENCH_WORKER_COUNTS", "1,2"),
                     help="--mode workers: worker counts to compare (1,2)")
+    ap.add_argument("--cpu-layout", choices=["per-worker", "all"], default=env("BENCH_CPU_LAYOUT", "per-worker"),
+                    help="--mode workers: per-worker: N workers on CPUs 0..N-1 and wrk (niced, -tN) on the same "
+                         "N CPUs, so every worker shares its CPU with one wrk thread whatever N; all: every "
+                         "server and wrk on all CPUs (--server-cpu/--client-cpu/--threads)")
     ap.add_argument("--client-nice", type=int, default=None,
                     help="run wrk under nice -n N (0; --mode workers 19)")
     ap.add_argument("--quick", action="store_true", help="smoke test: -d1s, 1 run, no warm-up")
@@ -715,6 +721,8 @@ def main() -> int:
     if a.out is None:
         a.out = os.path.join(BENCH_DIR, "out", *([a.mode] if a.mode != "sizes" else []))
     worker_counts = [int(x) for x in a.worker_counts.split(",") if x.strip()]
+    if workers_mode and a.cpu_layout == "per-worker" and max(worker_counts) > ncpu:
+        ap.error(f"--cpu-layout per-worker needs --worker-counts <= {ncpu} (CPUs); use --cpu-layout all")
     if a.mode == "access-log" and any(x.strip() not in ("nginx", "flash-amped", "flash-sped")
                                       for x in a.servers.split(",") if x.strip()):
         ap.error("--mode access-log measures nginx and flash only")
@@ -799,15 +807,16 @@ def main() -> int:
 
     # --- servers (variants: the servers in --mode sizes; server x workers in
     # --mode workers; server x access log on/off in --mode access-log)
-    def factory(base: str, name: str, workers: int | None = None, log: str | None = None):
+    def factory(base: str, name: str, workers: int | None = None, log: str | None = None, cpu: str | None = None):
         extra = shlex.split(a.flash_args)
+        cpu = cpu or a.server_cpu
         if base == "nginx":
-            return lambda: make_nginx(tmp, docroot, a.server_cpu, name, workers, log)
+            return lambda: make_nginx(tmp, docroot, cpu, name, workers, log)
         if base == "lighttpd":
-            return lambda: make_lighttpd(tmp, docroot, a.server_cpu, name, workers)
+            return lambda: make_lighttpd(tmp, docroot, cpu, name, workers)
         if log:
             extra += ["--access-log", log]
-        return lambda: make_flash(name, base.split("-")[1], tmp, docroot, a.server_cpu, bin_dir, a.helpers,
+        return lambda: make_flash(name, base.split("-")[1], tmp, docroot, cpu, bin_dir, a.helpers,
                                   extra, workers or 1)
 
     variants = []  # (name, factory, meta)
@@ -816,7 +825,12 @@ def main() -> int:
     elif a.mode == "workers":
         for b in servers_wanted:
             for w in worker_counts:
-                variants.append((f"{b}-w{w}", factory(b, f"{b}-w{w}", w), {"base": b, "workers": w}))
+                meta = {"base": b, "workers": w}
+                cpu = None
+                if a.cpu_layout == "per-worker":  # server and wrk on CPUs 0..w-1, wrk -tw
+                    cpu = f"0-{w - 1}"
+                    meta.update(server_cpu=cpu, client_cpu=cpu, threads=w)
+                variants.append((f"{b}-w{w}", factory(b, f"{b}-w{w}", w, cpu=cpu), meta))
     else:  # access-log: off, on (combined, unbuffered), nginx also buffer=64k
         logdir = os.path.join(tmp, "logs")
         os.makedirs(logdir)
@@ -871,7 +885,8 @@ def main() -> int:
         active = [s for s in servers if not s.missing_reason and (s.name, n) not in skip]
         if a.warmup > 0:
             for s in active:
-                r, _ = run_wrk(f"http://127.0.0.1:{s.port}/{fname}", a, a.warmup, a.client_cpu)
+                r, _ = run_wrk(f"http://127.0.0.1:{s.port}/{fname}", a, a.warmup,
+                               s.meta.get("client_cpu", a.client_cpu), s.meta.get("threads"))
                 served[s.name] = served.get(s.name, 0) + r.requests
         for run in range(1, a.runs + 1):
             for s in active:
@@ -885,11 +900,12 @@ def main() -> int:
                     continue
                 url = f"http://127.0.0.1:{s.port}/{fname}"
                 before = cpu_snapshot(s.proc.pid)
-                r, out = run_wrk(url, a, a.duration, a.client_cpu)
+                r, out = run_wrk(url, a, a.duration, s.meta.get("client_cpu", a.client_cpu), s.meta.get("threads"))
                 time.sleep(0.2)  # let the server finish closing the connections
                 after = cpu_snapshot(s.proc.pid)
                 cpu_ns, cpu_src = cpu_delta_ns(before, after)
                 root_ns, busiest, nworkers = cpu_split(s.proc.pid, before, after)
+                slices = sum(v - before.get(k, 0) for k, v in after.items() if k[0] == "c")
                 per_req = cpu_ns / r.requests if r.requests else None
                 served[s.name] = served.get(s.name, 0) + r.requests
                 with open(os.path.join(raw_dir, f"{s.name}_{fname}_run{run}.txt"), "w") as f:
@@ -901,6 +917,7 @@ def main() -> int:
                     p50_us=r.p50_us, p99_us=r.p99_us, error_detail=r.error_detail(),
                     root_ns_per_req=root_ns / r.requests if r.requests else None,
                     busiest_worker_share=busiest, worker_procs=nworkers,
+                    requests_per_slice=r.requests / slices if slices > 0 else None,
                 ))
                 flag = f"  ERRORS: {r.error_detail()}" if r.errors or r.failed else ""
                 if cpu_src != "schedstat":
@@ -943,9 +960,14 @@ def main() -> int:
 
     # --- outputs
     write_csv(os.path.join(a.out, "results.csv"), rows)
-    settings = (f"`{' '.join(client_prefix(a, a.client_cpu))} wrk -t{a.threads} -c{a.connections} "
-                f"-d{a.duration}s --latency`, {a.runs} run(s) (median), warm-up {a.warmup}s; "
-                f"servers under `taskset -c {a.server_cpu}`")
+    if workers_mode and a.cpu_layout == "per-worker":
+        settings = (f"N workers: servers under `taskset -c 0-(N-1)`, `{' '.join(client_prefix(a, '0-(N-1)'))} "
+                    f"wrk -tN -c{a.connections} -d{a.duration}s --latency` (the same N CPUs), "
+                    f"{a.runs} run(s) (median), warm-up {a.warmup}s")
+    else:
+        settings = (f"`{' '.join(client_prefix(a, a.client_cpu))} wrk -t{a.threads} -c{a.connections} "
+                    f"-d{a.duration}s --latency`, {a.runs} run(s) (median), warm-up {a.warmup}s; "
+                    f"servers under `taskset -c {a.server_cpu}`")
     missing = {s.name: s.missing_reason for s in servers}
     if a.mode == "workers":
         md = render_workers(rows, servers, sizes, worker_counts)
@@ -992,13 +1014,13 @@ def main() -> int:
 def write_csv(path: str, rows: list[dict]) -> None:
     cols = ["server", "size", "run", "req_s", "cpu_ns_per_req", "errors",
             "requests", "cpu_ns_total", "cpu_source", "p50_us", "p99_us", "error_detail",
-            "root_ns_per_req", "busiest_worker_share", "worker_procs"]
+            "root_ns_per_req", "busiest_worker_share", "worker_procs", "requests_per_slice"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:
             r = dict(r)
-            for k in ("req_s", "cpu_ns_per_req", "p50_us", "p99_us", "root_ns_per_req"):
+            for k in ("req_s", "cpu_ns_per_req", "p50_us", "p99_us", "root_ns_per_req", "requests_per_slice"):
                 if r[k] is not None:
                     r[k] = f"{r[k]:.1f}"
             w.writerow(r)
@@ -1071,8 +1093,8 @@ def render_workers(rows, servers, sizes, counts) -> str:
         "| size | server | workers | req/s (median) | req/s spread | server CPU µs/req (median) "
         f"| CPU/req vs {counts[0]} worker(s) | req/s vs {counts[0]} worker(s) "
         "| flash CPU/req vs nginx | flash CPU/req vs lighttpd | busiest worker's CPU share "
-        "| supervisor/master µs/req | errors |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| supervisor/master µs/req | requests per time slice | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     by_name = {s.name: s for s in servers}
     for n in sizes:
@@ -1083,7 +1105,7 @@ def render_workers(rows, servers, sizes, counts) -> str:
             first = False
             base, w = s.meta["base"], s.meta["workers"]
             if st is None:
-                lines.append(f"| {label} | {base} | {w} | — | | — | | | | | | | {s.missing_reason or 'not measured'} |")
+                lines.append(f"| {label} | {base} | {w} | — | | — | | | | | | | | {s.missing_reason or 'not measured'} |")
                 continue
             ref = f"{base}-w{counts[0]}"
             ref_st = summarize(rows, ref, n) if ref in by_name else None
@@ -1100,13 +1122,14 @@ def render_workers(rows, servers, sizes, counts) -> str:
             rs = [r for r in rows if r["server"] == s.name and r["size"] == n]
             share = median_or_none([r["busiest_worker_share"] for r in rs])
             root = median_or_none([r["root_ns_per_req"] for r in rs])
+            rps = median_or_none([r["requests_per_slice"] for r in rs])
             err = f"⚠ {st['errors']}: {st['detail'][:120]}" if st["errors"] else ""
             lines.append(
                 f"| {label} | {base} | {w} | {_fmt(st['req_s'], ',.0f')} | "
                 f"{'±%.0f%%' % (st['spread'] / 2) if st['spread'] is not None else ''} | "
                 f"{_fmt(st['cpu_us'], '.2f')} | {rc} | {rt} | {vs.get('nginx', '')} | {vs.get('lighttpd', '')} | "
                 f"{'%.0f%%' % (share * 100) if share is not None else ''} | "
-                f"{_fmt(root / 1000 if root is not None else None, '.3f', '')} | {err} |")
+                f"{_fmt(root / 1000 if root is not None else None, '.3f', '')} | {_fmt(rps, '.1f', '')} | {err} |")
     return "\n".join(lines)
 
 
