@@ -2,7 +2,9 @@
 """Side-by-side static-file benchmark: flash (AMPED, SPED) vs nginx vs lighttpd.
 
 Every server runs with ONE worker pinned to one CPU; wrk runs pinned to another
-CPU.  For each file size and each run the servers are measured one after the
+CPU (--mode sizes, the default).  --mode workers runs each server with 1 and 2
+workers on all CPUs, wrk niced on all CPUs; --mode access-log compares flash
+and nginx with the access log on and off.  For each file size and each run the servers are measured one after the
 other (interleaved), so background load drifts affect all of them alike, and
 the numbers are reported as medians and as ratios flash / best peer.
 
@@ -127,7 +129,9 @@ def cpu_snapshot(root: int) -> dict:
             tid = int(path.split("/")[4])
             try:
                 with open(path) as f:
-                    snap[("t", pid, tid)] = int(f.read().split()[0])
+                    fields = f.read().split()
+                snap[("t", pid, tid)] = int(fields[0])
+                snap[("c", pid, tid)] = int(fields[2])  # times scheduled in (wake-ups)
             except (OSError, ValueError, IndexError):
                 pass
         try:
@@ -153,6 +157,42 @@ def cpu_delta_ns(before: dict, after: dict) -> tuple[int, str]:
     return sched, "schedstat"
 
 
+def worker_of(root: int) -> dict[int, int]:
+    """pid -> the child of root whose subtree it is in (a worker: flash's
+    supervisor, nginx's master and lighttpd's watchdog fork one per worker;
+    flash's helpers are children of their worker)."""
+    children = proc_children_map()
+    out: dict[int, int] = {}
+    for c in children.get(root, []):
+        todo = [c]
+        while todo:
+            p = todo.pop()
+            if p in out:
+                continue
+            out[p] = c
+            todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_split(root: int, before: dict, after: dict) -> tuple[int, float | None, int]:
+    """(ns of the root process itself, CPU share of the busiest worker subtree
+    among all worker subtrees (None without workers), worker count) over a run."""
+    groups = worker_of(root)
+    root_ns = 0
+    per: dict[int, int] = {}
+    for k, v in after.items():
+        if k[0] != "t":
+            continue
+        d = v - before.get(k, 0)
+        if k[1] == root:
+            root_ns += d
+        elif k[1] in groups:
+            per[groups[k[1]]] = per.get(groups[k[1]], 0) + d
+    total = sum(per.values())
+    share = max(per.values()) / total if total > 0 and len(per) > 1 else None
+    return root_ns, share, len(per)
+
+
 def signal_pids(pids, sig) -> None:
     for p in pids:
         try:
@@ -175,6 +215,7 @@ class Server:
     known_pids: set = field(default_factory=set)
     missing_reason: str | None = None
     notes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # base server, workers, access log (modes workers/access-log)
     _drain: threading.Thread | None = None
 
     @property
@@ -345,8 +386,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_nginx(tmp: str, docroot: str, cpu: str) -> Server:
-    d = os.path.join(tmp, "nginx")
+def make_nginx(tmp: str, docroot: str, cpu: str, name: str = "nginx", workers: int | None = None,
+               access_log: str | None = None) -> Server:
+    """workers None: one process (master_process off), as in the size sweep;
+    N: master + N workers (`listen ... reuseport`: a socket per worker, as
+    flash's SO_REUSEPORT group).  access_log: None (off) or the text after
+    `access_log` (e.g. "/path combined buffer=64k")."""
+    d = os.path.join(tmp, name)
     os.makedirs(os.path.join(d, "logs"), exist_ok=True)
     port = free_port()
     conf = os.path.join(d, "nginx.conf")
@@ -354,12 +400,18 @@ def make_nginx(tmp: str, docroot: str, cpu: str) -> Server:
         f"    {k}_temp_path {d}/{k}_temp;"
         for k in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
     )
+    if workers is None:
+        process_lines = "worker_processes 1;\nmaster_process off;"
+    else:
+        # root runs the workers as root too (`user` is ignored otherwise):
+        # the docroot is in a 0700 temp dir.
+        process_lines = f"worker_processes {workers};\nmaster_process on;" + (
+            "\nuser root root;" if os.geteuid() == 0 else "")
     with open(conf, "w") as f:
         f.write(
             f"""# written by bench/bench.py
-worker_processes 1;
+{process_lines}
 daemon off;
-master_process off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 
@@ -374,12 +426,12 @@ http {{
     tcp_nodelay on;
     open_file_cache max=1000 inactive=60s;
     open_file_cache_valid 60s;
-    access_log off;
+    access_log {access_log or "off"};
     keepalive_requests 1000000;
 {temps}
 
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{" reuseport" if workers else ""};
         root {docroot};
         location / {{ }}
     }}
@@ -387,11 +439,14 @@ http {{
 """
         )
     cmd = ["taskset", "-c", cpu, "nginx", "-p", d + "/", "-c", conf, "-e", f"{d}/error.log"]
-    return Server("nginx", cmd, tmp, port=port, config_files=[conf])
+    return Server(name, cmd, tmp, port=port, config_files=[conf])
 
 
-def make_lighttpd(tmp: str, docroot: str, cpu: str) -> Server:
-    d = os.path.join(tmp, "lighttpd")
+def make_lighttpd(tmp: str, docroot: str, cpu: str, name: str = "lighttpd",
+                  workers: int | None = None) -> Server:
+    """workers None: one process (the default); N: `server.max-worker = N`
+    (a watchdog parent forks N workers that share the one listening socket)."""
+    d = os.path.join(tmp, name)
     os.makedirs(d, exist_ok=True)
     port = free_port()
     conf = os.path.join(d, "lighttpd.conf")
@@ -407,14 +462,19 @@ server.pid-file = "{d}/lighttpd.pid"
 server.errorlog = "{d}/error.log"
 """
         )
+        if workers is not None:
+            f.write(f"server.max-worker = {workers}\n")
     cmd = ["taskset", "-c", cpu, "lighttpd", "-D", "-f", conf]
-    return Server("lighttpd", cmd, tmp, port=port, config_files=[conf])
+    return Server(name, cmd, tmp, port=port, config_files=[conf])
 
 
 def make_flash(name: str, arch: str, tmp: str, docroot: str, cpu: str, bin_dir: str,
-               helpers: int | None, extra: list[str]) -> Server:
+               helpers: int | None, extra: list[str], workers: int = 1) -> Server:
+    """flash-server with `--workers N` (1 unless asked: its default "auto" is
+    one worker per core, which would not be a one-worker comparison)."""
     exe = os.path.join(bin_dir, "flash-server")
-    cmd = ["taskset", "-c", cpu, exe, docroot, "--listen", "127.0.0.1:0", "--arch", arch]
+    cmd = ["taskset", "-c", cpu, exe, docroot, "--listen", "127.0.0.1:0", "--arch", arch,
+           "--workers", str(workers)]
     if helpers is not None and arch == "amped":
         cmd += ["--helpers", str(helpers)]
     cmd += extra
@@ -476,9 +536,17 @@ def parse_wrk(out: str) -> WrkResult:
     return r
 
 
-def run_wrk(url: str, a, duration: int, client_cpu: str) -> tuple[WrkResult, str]:
-    cmd = ["taskset", "-c", client_cpu, "wrk", f"-t{a.threads}", f"-c{a.connections}",
-           f"-d{duration}s", "--latency", url]
+def client_prefix(a, client_cpu: str) -> list[str]:
+    """taskset (and nice, in --mode workers) in front of wrk."""
+    cmd = ["taskset", "-c", client_cpu]
+    if a.client_nice:
+        cmd += ["nice", "-n", str(a.client_nice)]
+    return cmd
+
+
+def run_wrk(url: str, a, duration: int, client_cpu: str, threads: int | None = None) -> tuple[WrkResult, str]:
+    cmd = client_prefix(a, client_cpu) + ["wrk", f"-t{threads or a.threads}", f"-c{a.connections}",
+                                          f"-d{duration}s", "--latency", url]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     CURRENT_WRK.append(p)
@@ -585,30 +653,48 @@ def median_or_none(xs):
 def main() -> int:
     env = os.environ.get
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["sizes", "workers", "access-log"], default=env("BENCH_MODE", "sizes"),
+                    help="sizes: one worker each, every size (the default); workers: each server with "
+                         "--worker-counts workers, wrk niced on all CPUs (bench/run workers); access-log: "
+                         "flash and nginx with the access log on and off, one worker (bench/run access-log)")
+    ap.add_argument("--worker-counts", default=env("BENCH_WORKER_COUNTS", "1,2"),
+                    help="--mode workers: worker counts to compare (1,2)")
+    ap.add_argument("--cpu-layout", choices=["per-worker", "all"], default=env("BENCH_CPU_LAYOUT", "per-worker"),
+                    help="--mode workers: per-worker: N workers on CPUs 0..N-1 and wrk (niced, -tN) on the same "
+                         "N CPUs, so every worker shares its CPU with one wrk thread whatever N; all: every "
+                         "server and wrk on all CPUs (--server-cpu/--client-cpu/--threads)")
+    ap.add_argument("--client-nice", type=int, default=None,
+                    help="run wrk under nice -n N (0; --mode workers 19)")
     ap.add_argument("--quick", action="store_true", help="smoke test: -d1s, 1 run, no warm-up")
     ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run (4; quick 1; env BENCH_DURATION)")
     ap.add_argument("--connections", type=int, default=int(env("BENCH_CONNECTIONS", 64)), help="wrk -c (64)")
-    ap.add_argument("--threads", type=int, default=int(env("BENCH_THREADS", 1)), help="wrk -t (1)")
+    ap.add_argument("--threads", type=int, default=int(env("BENCH_THREADS")) if env("BENCH_THREADS") else None,
+                    help="wrk -t (1; --mode workers: the CPU count)")
     ap.add_argument("--runs", type=int, default=None, help="runs per server x size, median reported (3; quick 1; env BENCH_RUNS)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="seconds of unmeasured wrk load per server x size before the runs (1; quick 0; env BENCH_WARMUP)")
-    ap.add_argument("--servers", default=env("BENCH_SERVERS", ",".join(ALL_SERVERS)),
-                    help="comma list of " + ",".join(ALL_SERVERS))
+    ap.add_argument("--servers", default=env("BENCH_SERVERS"),
+                    help="comma list of " + ",".join(ALL_SERVERS) + " (default all; --mode workers "
+                         "nginx,lighttpd,flash-amped; --mode access-log nginx,flash-amped)")
     ap.add_argument("--sizes", default=env("BENCH_SIZES", ""),
-                    help="comma list, e.g. 0,1K,64K,1M (default 0,1K,4K,16K,64K,256K,1M)")
+                    help="comma list, e.g. 0,1K,64K,1M (default 0,1K,4K,16K,64K,256K,1M; "
+                         "--mode workers 1K,64K; --mode access-log 1K)")
     ap.add_argument("--helpers", type=int, default=int(env("BENCH_HELPERS")) if env("BENCH_HELPERS") else None,
                     help="pass --helpers N to flash AMPED (default: flash's own default)")
     ap.add_argument("--flash-args", default=env("BENCH_FLASH_ARGS", ""),
                     help="extra arguments for both flash servers, e.g. '--log-level warn'")
-    ap.add_argument("--server-cpu", default=env("BENCH_SERVER_CPU", "0"))
-    ap.add_argument("--client-cpu", default=env("BENCH_CLIENT_CPU", "1"))
+    ap.add_argument("--server-cpu", default=env("BENCH_SERVER_CPU"),
+                    help="taskset list for the servers (0; --mode workers: all CPUs)")
+    ap.add_argument("--client-cpu", default=env("BENCH_CLIENT_CPU"),
+                    help="taskset list for wrk (1; --mode workers: all CPUs)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build")
     ap.add_argument("--build-timeout", type=int, default=int(env("BENCH_BUILD_TIMEOUT", 300)))
     ap.add_argument("--flash-bin-dir", default=env("FLASH_BIN_DIR", ""),
                     help="dir with flash-server/flash-helper (default: $CARGO_TARGET_DIR or target, /release)")
     ap.add_argument("--max-time", type=int, default=int(env("BENCH_MAX_TIME", 780)),
                     help="stop measuring after this many seconds (partial results are still written)")
-    ap.add_argument("--out", default=env("BENCH_OUT", os.path.join(BENCH_DIR, "out")))
+    ap.add_argument("--out", default=env("BENCH_OUT"),
+                    help="output dir (bench/out; --mode workers bench/out/workers; access-log bench/out/access-log)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs, docroot)")
     a = ap.parse_args()
     # explicit flag > environment > --quick default > normal default
@@ -616,6 +702,30 @@ def main() -> int:
                                      ("warmup", "BENCH_WARMUP", 1, 0)):
         if getattr(a, attr) is None:
             setattr(a, attr, int(env(var)) if env(var) else (quick if a.quick else normal))
+    ncpu = os.cpu_count() or 1
+    all_cpus = f"0-{ncpu - 1}"
+    workers_mode = a.mode == "workers"
+    if a.threads is None:
+        a.threads = ncpu if workers_mode else 1
+    if a.server_cpu is None:
+        a.server_cpu = all_cpus if workers_mode else "0"
+    if a.client_cpu is None:
+        a.client_cpu = all_cpus if workers_mode else "1"
+    if a.client_nice is None:
+        a.client_nice = 19 if workers_mode else 0
+    if a.servers is None:
+        a.servers = {"workers": "nginx,lighttpd,flash-amped", "access-log": "nginx,flash-amped"}.get(
+            a.mode, ",".join(ALL_SERVERS))
+    if not a.sizes:
+        a.sizes = {"workers": "1K,64K", "access-log": "1K"}.get(a.mode, "")
+    if a.out is None:
+        a.out = os.path.join(BENCH_DIR, "out", *([a.mode] if a.mode != "sizes" else []))
+    worker_counts = [int(x) for x in a.worker_counts.split(",") if x.strip()]
+    if workers_mode and a.cpu_layout == "per-worker" and max(worker_counts) > ncpu:
+        ap.error(f"--cpu-layout per-worker needs --worker-counts <= {ncpu} (CPUs); use --cpu-layout all")
+    if a.mode == "access-log" and any(x.strip() not in ("nginx", "flash-amped", "flash-sped")
+                                      for x in a.servers.split(",") if x.strip()):
+        ap.error("--mode access-log measures nginx and flash only")
     if a.duration < 1 or a.runs < 1 or a.connections < a.threads:
         ap.error("need --duration >= 1, --runs >= 1, --connections >= --threads")
     servers_wanted = [s.strip() for s in a.servers.split(",") if s.strip()]
@@ -629,7 +739,7 @@ def main() -> int:
         if not shutil.which(tool):
             log(f"missing tool {tool!r} (bench/run installs it)")
             return 2
-    if (os.cpu_count() or 1) < 2 or a.server_cpu == a.client_cpu:
+    if not workers_mode and ((os.cpu_count() or 1) < 2 or a.server_cpu == a.client_cpu):
         log("WARNING: server and wrk share a CPU; numbers will be distorted")
 
     os.makedirs(a.out, exist_ok=True)
@@ -695,25 +805,58 @@ def main() -> int:
         files[n] = path
     log(f"docroot {docroot}: {', '.join(os.path.basename(p) for p in files.values())}")
 
-    # --- servers
-    factories = {
-        "nginx": lambda: make_nginx(tmp, docroot, a.server_cpu),
-        "lighttpd": lambda: make_lighttpd(tmp, docroot, a.server_cpu),
-        "flash-amped": lambda: make_flash("flash-amped", "amped", tmp, docroot, a.server_cpu, bin_dir, a.helpers,
-                                          shlex.split(a.flash_args)),
-        "flash-sped": lambda: make_flash("flash-sped", "sped", tmp, docroot, a.server_cpu, bin_dir, a.helpers,
-                                         shlex.split(a.flash_args)),
-    }
+    # --- servers (variants: the servers in --mode sizes; server x workers in
+    # --mode workers; server x access log on/off in --mode access-log)
+    def factory(base: str, name: str, workers: int | None = None, log: str | None = None, cpu: str | None = None):
+        extra = shlex.split(a.flash_args)
+        cpu = cpu or a.server_cpu
+        if base == "nginx":
+            return lambda: make_nginx(tmp, docroot, cpu, name, workers, log)
+        if base == "lighttpd":
+            return lambda: make_lighttpd(tmp, docroot, cpu, name, workers)
+        if log:
+            extra += ["--access-log", log]
+        return lambda: make_flash(name, base.split("-")[1], tmp, docroot, cpu, bin_dir, a.helpers,
+                                  extra, workers or 1)
+
+    variants = []  # (name, factory, meta)
+    if a.mode == "sizes":
+        variants = [(b, factory(b, b), {"base": b}) for b in servers_wanted]
+    elif a.mode == "workers":
+        for b in servers_wanted:
+            for w in worker_counts:
+                meta = {"base": b, "workers": w}
+                cpu = None
+                if a.cpu_layout == "per-worker":  # server and wrk on CPUs 0..w-1, wrk -tw
+                    cpu = f"0-{w - 1}"
+                    meta.update(server_cpu=cpu, client_cpu=cpu, threads=w)
+                variants.append((f"{b}-w{w}", factory(b, f"{b}-w{w}", w, cpu=cpu), meta))
+    else:  # access-log: off, on (combined, unbuffered), nginx also buffer=64k
+        logdir = os.path.join(tmp, "logs")
+        os.makedirs(logdir)
+        for b in servers_wanted:
+            variants.append((f"{b}-log-off", factory(b, f"{b}-log-off"), {"base": b, "log": "off"}))
+            path = os.path.join(logdir, f"{b}-log-on.log")
+            log_arg = path if b in FLASH else f"{path} combined"
+            variants.append((f"{b}-log-on", factory(b, f"{b}-log-on", log=log_arg),
+                             {"base": b, "log": "on", "path": path}))
+            if b == "nginx":
+                path = os.path.join(logdir, "nginx-log-buf64k.log")
+                variants.append(("nginx-log-buf64k", factory(b, "nginx-log-buf64k", log=f"{path} combined buffer=64k"),
+                                 {"base": b, "log": "buffer=64k", "path": path}))
+    servers_wanted = [v[0] for v in variants]
     cfg_dir = os.path.join(a.out, "configs")
     shutil.rmtree(cfg_dir, ignore_errors=True)
     os.makedirs(cfg_dir)
-    for name in servers_wanted:
-        s = factories[name]()
+    for name, make, meta in variants:
+        s = make()
+        s.meta = meta
         servers.append(s)
         if s.missing_reason is None:
             s.start()
         for c in s.config_files:
-            shutil.copy(c, os.path.join(cfg_dir, os.path.basename(c)))
+            shutil.copy(c, os.path.join(cfg_dir, f"{name}.{os.path.basename(c)}"
+                                        if a.mode != "sizes" else os.path.basename(c)))
         with open(os.path.join(cfg_dir, f"{name}.cmdline"), "w") as f:
             f.write(" ".join(s.cmd) + "\n")
         if s.missing_reason:
@@ -736,12 +879,15 @@ def main() -> int:
     shutil.rmtree(raw_dir, ignore_errors=True)
     os.makedirs(raw_dir)
     out_of_time = False
+    served: dict[str, int] = {}  # responses wrk counted (warm-ups included), per server
     for n in sizes:
         fname = os.path.basename(files[n])
         active = [s for s in servers if not s.missing_reason and (s.name, n) not in skip]
         if a.warmup > 0:
             for s in active:
-                run_wrk(f"http://127.0.0.1:{s.port}/{fname}", a, a.warmup, a.client_cpu)
+                r, _ = run_wrk(f"http://127.0.0.1:{s.port}/{fname}", a, a.warmup,
+                               s.meta.get("client_cpu", a.client_cpu), s.meta.get("threads"))
+                served[s.name] = served.get(s.name, 0) + r.requests
         for run in range(1, a.runs + 1):
             for s in active:
                 if time.monotonic() - t_start > a.max_time:
@@ -754,11 +900,14 @@ def main() -> int:
                     continue
                 url = f"http://127.0.0.1:{s.port}/{fname}"
                 before = cpu_snapshot(s.proc.pid)
-                r, out = run_wrk(url, a, a.duration, a.client_cpu)
+                r, out = run_wrk(url, a, a.duration, s.meta.get("client_cpu", a.client_cpu), s.meta.get("threads"))
                 time.sleep(0.2)  # let the server finish closing the connections
                 after = cpu_snapshot(s.proc.pid)
                 cpu_ns, cpu_src = cpu_delta_ns(before, after)
+                root_ns, busiest, nworkers = cpu_split(s.proc.pid, before, after)
+                slices = sum(v - before.get(k, 0) for k, v in after.items() if k[0] == "c")
                 per_req = cpu_ns / r.requests if r.requests else None
+                served[s.name] = served.get(s.name, 0) + r.requests
                 with open(os.path.join(raw_dir, f"{s.name}_{fname}_run{run}.txt"), "w") as f:
                     f.write(out)
                 rows.append(dict(
@@ -766,6 +915,9 @@ def main() -> int:
                     cpu_ns_per_req=per_req, errors=r.errors + (1 if r.failed else 0),
                     requests=r.requests, cpu_ns_total=cpu_ns, cpu_source=cpu_src,
                     p50_us=r.p50_us, p99_us=r.p99_us, error_detail=r.error_detail(),
+                    root_ns_per_req=root_ns / r.requests if r.requests else None,
+                    busiest_worker_share=busiest, worker_procs=nworkers,
+                    requests_per_slice=r.requests / slices if slices > 0 else None,
                 ))
                 flag = f"  ERRORS: {r.error_detail()}" if r.errors or r.failed else ""
                 if cpu_src != "schedstat":
@@ -798,13 +950,36 @@ def main() -> int:
     for (name, n), why in skip.items():
         notes.append(f"{name} {size_name(n)}: not measured, {why}")
 
+    # access log: lines written vs responses counted by wrk (all logged: >= 1)
+    log_lines: dict[str, int] = {}
+    for s in servers:
+        path = s.meta.get("path")
+        if path and os.path.exists(path):
+            with open(path, "rb") as f:
+                log_lines[s.name] = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
     # --- outputs
     write_csv(os.path.join(a.out, "results.csv"), rows)
-    settings = (f"wrk -t{a.threads} -c{a.connections} -d{a.duration}s --latency, {a.runs} run(s) "
-                f"(median), warm-up {a.warmup}s; server on CPU {a.server_cpu}, wrk on CPU {a.client_cpu}")
-    md = render_markdown(rows, servers_wanted, sizes, skip, {s.name: s.missing_reason for s in servers})
+    if workers_mode and a.cpu_layout == "per-worker":
+        settings = (f"N workers: servers under `taskset -c 0-(N-1)`, `{' '.join(client_prefix(a, '0-(N-1)'))} "
+                    f"wrk -tN -c{a.connections} -d{a.duration}s --latency` (the same N CPUs), "
+                    f"{a.runs} run(s) (median), warm-up {a.warmup}s")
+    else:
+        settings = (f"`{' '.join(client_prefix(a, a.client_cpu))} wrk -t{a.threads} -c{a.connections} "
+                    f"-d{a.duration}s --latency`, {a.runs} run(s) (median), warm-up {a.warmup}s; "
+                    f"servers under `taskset -c {a.server_cpu}`")
+    missing = {s.name: s.missing_reason for s in servers}
+    if a.mode == "workers":
+        md = render_workers(rows, servers, sizes, worker_counts)
+        title = "Workers: each server with " + " and ".join(map(str, worker_counts)) + " workers"
+    elif a.mode == "access-log":
+        md = render_access_log(rows, servers, sizes, log_lines, served)
+        title = "Access log cost: on vs off, one worker"
+    else:
+        md = render_markdown(rows, servers_wanted, sizes, skip, missing)
+        title = "flash vs nginx vs lighttpd"
     with open(os.path.join(a.out, "results.md"), "w") as f:
-        f.write("# flash vs nginx vs lighttpd\n\n")
+        f.write(f"# {title}\n\n")
         f.write(f"Run at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {settings}.\n\n")
         f.write("Machine:\n\n" + "".join(f"- {m}\n" for m in machine) + "\n")
         f.write(md + "\n")
@@ -814,7 +989,8 @@ def main() -> int:
     with open(os.path.join(a.out, "machine.txt"), "w") as f:
         f.write("\n".join(machine) + "\n")
     try:
-        plot(os.path.join(a.out, "results.png"), rows, servers_wanted, sizes)
+        if a.mode == "sizes":
+            plot(os.path.join(a.out, "results.png"), rows, servers_wanted, sizes)
     except Exception as e:  # plotting must not lose the numbers
         notes.append(f"plot failed: {e}")
         log(notes[-1])
@@ -830,19 +1006,21 @@ def main() -> int:
         print("\nNotes:")
         for x in notes:
             print(f"  - {x}")
-    print(f"\nWrote {a.out}/results.csv, results.md, results.png (total {time.monotonic() - t_start:.0f}s)")
+    png = ", results.png" if a.mode == "sizes" else ""
+    print(f"\nWrote {a.out}/results.csv, results.md{png} (total {time.monotonic() - t_start:.0f}s)")
     return 0
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
     cols = ["server", "size", "run", "req_s", "cpu_ns_per_req", "errors",
-            "requests", "cpu_ns_total", "cpu_source", "p50_us", "p99_us", "error_detail"]
+            "requests", "cpu_ns_total", "cpu_source", "p50_us", "p99_us", "error_detail",
+            "root_ns_per_req", "busiest_worker_share", "worker_procs", "requests_per_slice"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:
             r = dict(r)
-            for k in ("req_s", "cpu_ns_per_req", "p50_us", "p99_us"):
+            for k in ("req_s", "cpu_ns_per_req", "p50_us", "p99_us", "root_ns_per_req", "requests_per_slice"):
                 if r[k] is not None:
                     r[k] = f"{r[k]:.1f}"
             w.writerow(r)
@@ -894,6 +1072,100 @@ def render_markdown(rows, servers, sizes, skip, missing) -> str:
             err = f"⚠ {st['errors']}: {st['detail'][:120]}" if st["errors"] else ""
             spread = f"±{st['spread'] / 2:.0f}%" if st["spread"] is not None else ""
             lines.append(f"| {label} | {s} | {tput} | {spread} | {cpu} | {rt} | {rc} | {err} |")
+    return "\n".join(lines)
+
+
+def _fmt(x, spec: str, none: str = "—") -> str:
+    return format(x, spec) if x is not None else none
+
+
+def _paired_ratio(rows, a_name, b_name, n, key="cpu_ns_per_req"):
+    """Median over runs k of a's run k / b's run k (runs are interleaved, so
+    run k of both saw the same background load)."""
+    by = {(r["server"], r["run"]): r[key] for r in rows if r["size"] == n}
+    xs = [by[(a_name, k)] / by[(b_name, k)] for (srv, k) in by
+          if srv == a_name and by.get((b_name, k)) and by[(a_name, k)] is not None]
+    return statistics.median(xs) if xs else None
+
+
+def render_workers(rows, servers, sizes, counts) -> str:
+    lines = [
+        "| size | server | workers | req/s (median) | req/s spread | server CPU µs/req (median) "
+        f"| CPU/req vs {counts[0]} worker(s) | req/s vs {counts[0]} worker(s) "
+        "| flash CPU/req vs nginx | flash CPU/req vs lighttpd | busiest worker's CPU share "
+        "| supervisor/master µs/req | requests per time slice | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    by_name = {s.name: s for s in servers}
+    for n in sizes:
+        first = True
+        for s in servers:
+            st = summarize(rows, s.name, n)
+            label = size_name(n) if first else ""
+            first = False
+            base, w = s.meta["base"], s.meta["workers"]
+            if st is None:
+                lines.append(f"| {label} | {base} | {w} | — | | — | | | | | | | | {s.missing_reason or 'not measured'} |")
+                continue
+            ref = f"{base}-w{counts[0]}"
+            ref_st = summarize(rows, ref, n) if ref in by_name else None
+            rc = rt = ""
+            if ref_st and w != counts[0] and ref_st["cpu_us"] and st["cpu_us"] is not None:
+                rc = f"**{st['cpu_us'] / ref_st['cpu_us']:.2f}×**"
+                rt = f"{st['req_s'] / ref_st['req_s']:.2f}×" if ref_st["req_s"] and st["req_s"] else ""
+            vs = {}
+            if base in FLASH:
+                for peer in PEERS:
+                    pst = summarize(rows, f"{peer}-w{w}", n)
+                    if pst and pst["cpu_us"] and st["cpu_us"] is not None:
+                        vs[peer] = f"**{st['cpu_us'] / pst['cpu_us']:.2f}×**"
+            rs = [r for r in rows if r["server"] == s.name and r["size"] == n]
+            share = median_or_none([r["busiest_worker_share"] for r in rs])
+            root = median_or_none([r["root_ns_per_req"] for r in rs])
+            rps = median_or_none([r["requests_per_slice"] for r in rs])
+            err = f"⚠ {st['errors']}: {st['detail'][:120]}" if st["errors"] else ""
+            lines.append(
+                f"| {label} | {base} | {w} | {_fmt(st['req_s'], ',.0f')} | "
+                f"{'±%.0f%%' % (st['spread'] / 2) if st['spread'] is not None else ''} | "
+                f"{_fmt(st['cpu_us'], '.2f')} | {rc} | {rt} | {vs.get('nginx', '')} | {vs.get('lighttpd', '')} | "
+                f"{'%.0f%%' % (share * 100) if share is not None else ''} | "
+                f"{_fmt(root / 1000 if root is not None else None, '.3f', '')} | {_fmt(rps, '.1f', '')} | {err} |")
+    return "\n".join(lines)
+
+
+def render_access_log(rows, servers, sizes, log_lines, served) -> str:
+    lines = [
+        "| size | server | access log | req/s (median) | req/s spread | server CPU µs/req (median) "
+        "| CPU/req vs off (medians) | CPU/req vs off (median of paired runs) | req/s vs off "
+        "| log lines / responses | errors |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for n in sizes:
+        first = True
+        for s in servers:
+            st = summarize(rows, s.name, n)
+            label = size_name(n) if first else ""
+            first = False
+            base, mode = s.meta["base"], s.meta["log"]
+            if st is None:
+                lines.append(f"| {label} | {base} | {mode} | — | | — | | | | | {s.missing_reason or 'not measured'} |")
+                continue
+            off = f"{base}-log-off"
+            off_st = summarize(rows, off, n)
+            rc = rp = rt = ""
+            if mode != "off" and off_st and off_st["cpu_us"] and st["cpu_us"] is not None:
+                rc = f"**{(st['cpu_us'] / off_st['cpu_us'] - 1) * 100:+.1f}%**"
+                pr = _paired_ratio(rows, s.name, off, n)
+                rp = f"{(pr - 1) * 100:+.1f}%" if pr else ""
+                rt = f"{st['req_s'] / off_st['req_s']:.2f}×" if off_st["req_s"] and st["req_s"] else ""
+            ll = ""
+            if s.name in log_lines and served.get(s.name):
+                ll = f"{log_lines[s.name]:,} / {served[s.name]:,}"
+            err = f"⚠ {st['errors']}: {st['detail'][:120]}" if st["errors"] else ""
+            lines.append(
+                f"| {label} | {base} | {mode} | {_fmt(st['req_s'], ',.0f')} | "
+                f"{'±%.0f%%' % (st['spread'] / 2) if st['spread'] is not None else ''} | "
+                f"{_fmt(st['cpu_us'], '.2f')} | {rc} | {rp} | {rt} | {ll} | {err} |")
     return "\n".join(lines)
 
 

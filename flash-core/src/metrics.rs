@@ -875,14 +875,21 @@ mod tests {
             MetricsRegion::open(file.into()),
             Err(RegionError::BadSize { .. })
         ));
-        // A valid header whose size does not match its slot count.
+        // A region is sealed at its size: no worker can shrink it under the
+        // supervisor's mapping (or grow it).
         let region = MetricsRegion::create(2).unwrap();
-        let fd = region.fd().try_clone_to_owned().unwrap();
-        File::from(fd.try_clone().unwrap())
-            .set_len(region_size(2) as u64 + 64)
-            .unwrap();
+        let sealed = File::from(region.fd().try_clone_to_owned().unwrap());
+        assert!(sealed.set_len(8).is_err(), "shrinking a region must fail");
+        assert!(sealed.set_len(region_size(2) as u64 + 64).is_err());
+        // A valid header whose size does not match its slot count (a copy
+        // of the region, one cache line longer).
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &sealed, &mut bytes).unwrap();
+        let copy = File::from(memfd(c"copy").unwrap());
+        std::io::Write::write_all(&mut &copy, &bytes).unwrap();
+        copy.set_len(region_size(2) as u64 + 64).unwrap();
         assert!(matches!(
-            MetricsRegion::open(fd),
+            MetricsRegion::open(copy.into()),
             Err(RegionError::BadSize { .. })
         ));
         // Not a memfd at all: /dev/null has size 0.
