@@ -89,8 +89,25 @@ spawns it with --socket-fd N. To resolve paths by hand, run:
 
 and type `help`. See --help for all options.";
 
+/// A helper may be started by a worker whose event loop is pinned to one
+/// CPU (`--cpu-affinity`), and inherits that mask; it waits on the disk,
+/// which it may do on any CPU the process is allowed (the kernel narrows a
+/// full mask to the cpuset's), not on its worker's.
+fn unpin() {
+    // SAFETY: cpu_set_t is a plain bit array: all ones is every CPU.
+    let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..libc::CPU_SETSIZE as usize {
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut all) };
+    }
+    // SAFETY: `all` is a valid cpu_set_t of the size passed; pid 0 is this
+    // (single-threaded) process. A failure leaves the inherited mask.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &all) };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    unpin();
     if cli.socket_fd.is_none() && !cli.text {
         eprintln!("{USAGE}");
         return ExitCode::from(2);

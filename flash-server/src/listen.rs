@@ -49,6 +49,78 @@ pub fn join(bound: SocketAddr, backlog: u32, count: usize) -> io::Result<Vec<Tcp
     (0..count).map(|_| bind_one(bound, backlog)).collect()
 }
 
+/// Has the kernel give each new connection of the group that `socket`
+/// belongs to the group's socket number `cpu % count`, `cpu` being the CPU
+/// that handles the connection's first packet (the NIC queue's, or on
+/// loopback the client's), instead of a hash of its addresses. With worker
+/// `i` pinned to a CPU `c` where `c % count == i`, a connection is then
+/// served on the CPU where its packets arrive, never handed across CPUs
+/// (the cost every server paid in the two-worker benchmark). Sockets are
+/// numbered in the order they joined the group; an out-of-range number
+/// falls back to the hash.
+pub fn steer_by_cpu(socket: &TcpListener, count: usize) -> io::Result<()> {
+    /// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h; not in libc's
+    /// Linux module).
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    // Classic BPF: A = cpu; A %= count; return A.
+    let ld_cpu = libc::sock_filter {
+        code: 0x20, // BPF_LD | BPF_W | BPF_ABS
+        jt: 0,
+        jf: 0,
+        k: (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+    };
+    let modulo = libc::sock_filter {
+        code: 0x94, // BPF_ALU | BPF_MOD | BPF_K
+        jt: 0,
+        jf: 0,
+        k: u32::try_from(count.max(1)).unwrap_or(u32::MAX),
+    };
+    let ret_a = libc::sock_filter {
+        code: 0x16, // BPF_RET | BPF_A
+        jt: 0,
+        jf: 0,
+        k: 0,
+    };
+    let mut program = [ld_cpu, modulo, ret_a];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, both alive for the call, and its
+    // size is passed; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes `steer_by_cpu`'s program off the group of `socket` (none
+/// attached is fine: the kernel then says so, and nothing changes).
+pub fn stop_steering(socket: &TcpListener) {
+    /// `SO_DETACH_REUSEPORT_BPF` (Linux 5.8+; asm-generic/socket.h).
+    const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
+    let unused: libc::c_int = 0;
+    // SAFETY: the option takes no value; a live int and its size are passed.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            SO_DETACH_REUSEPORT_BPF,
+            std::ptr::from_ref(&unused).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Fails with "address in use" if anything listens on `addr`: a group
 /// socket would otherwise join another server's group (of the same user)
 /// and share its connections, where a second server must fail to start.

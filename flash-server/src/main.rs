@@ -6,6 +6,7 @@
 //! it serves an embedded demo site.
 
 mod access;
+mod affinity;
 mod check;
 mod demo_site;
 mod fds;
@@ -46,6 +47,10 @@ struct Cli {
     /// Worker processes, each a complete engine with its own helpers ("auto": one per core).
     #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_workers)]
     workers: Workers,
+
+    /// auto: with one worker per CPU (and more than one), each worker's event loop runs on its own CPU and gets the connections whose packets that CPU handles; off: the kernel's scheduler and a hash decide.
+    #[arg(long, value_enum, default_value_t = CpuAffinity::Auto)]
+    cpu_affinity: CpuAffinity,
 
     /// Address to listen on (repeatable). Port 0 picks a free port [default: 127.0.0.1:8080, unless --proxy-protocol is given].
     #[arg(long = "listen", value_name = "ADDR")]
@@ -203,6 +208,13 @@ fn parse_workers(text: &str) -> Result<Workers, String> {
             supervisor::MAX_WORKERS
         )),
     }
+}
+
+/// `--cpu-affinity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CpuAffinity {
+    Auto,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

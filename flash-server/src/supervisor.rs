@@ -33,7 +33,7 @@ use crate::demo_site::DemoSite;
 use crate::systemd::{self, Notifier};
 use flash_core::MetricsRegion;
 
-use crate::{access, fds, listen, locate, metrics_http, process, settings, worker, Cli};
+use crate::{access, affinity, fds, listen, locate, metrics_http, process, settings, worker, Cli};
 
 /// Time a new worker gets to report that it serves, beyond
 /// `--helper-timeout` (which bounds each of its helpers' start).
@@ -108,6 +108,8 @@ impl Worker {
 /// A configuration the workers of one generation run with.
 struct Plan {
     cli: Cli,
+    /// Each worker slot's CPU, if workers are pinned (`--cpu-affinity`).
+    cpus: Option<Vec<usize>>,
     /// The command line the workers are given: `cli` with the
     /// configuration file's settings spelled out (they never read the file,
     /// so they run exactly what was checked here).
@@ -268,6 +270,7 @@ pub fn run(args: &[OsString]) -> Result<()> {
         }
         None => bind_all(&cli, &[], worker_count(&cli)?)?,
     };
+    let cpus = apply_cpu_plan(&cli, worker_count(&cli)?, &listeners);
     if socket_activated && !cli.proxy_protocol.is_empty() {
         warn!("--proxy-protocol is ignored with sockets from the service manager: they are served as plain listeners");
     }
@@ -310,6 +313,7 @@ pub fn run(args: &[OsString]) -> Result<()> {
         sender,
         plan: Plan {
             cli,
+            cpus,
             args: expanded,
             workers,
             listeners,
@@ -350,6 +354,41 @@ pub fn worker_count(cli: &Cli) -> Result<usize> {
         bail!("--workers {n}: between 1 and {MAX_WORKERS}");
     }
     Ok(n.min(MAX_WORKERS))
+}
+
+/// The CPU of each worker slot when workers are pinned, with each group's
+/// connections steered to the worker on the CPU that receives them; `None`
+/// (and no steering: the kernel's hash) otherwise.
+fn cpu_plan(cli: &Cli, workers: usize, listeners: &[Bound]) -> Option<Vec<usize>> {
+    if cli.cpu_affinity == crate::CpuAffinity::Off {
+        return None;
+    }
+    let allowed = affinity::allowed_cpus()
+        .inspect_err(|e| warn!("cannot read the CPU affinity ({e}): workers not pinned"))
+        .ok()?;
+    let cpus = affinity::plan(workers, &allowed)?;
+    for bound in listeners.iter().filter(|b| b.sockets.len() == workers) {
+        if let Err(e) = listen::steer_by_cpu(&bound.sockets[0], workers) {
+            warn!(
+                "cannot steer connections to {} by CPU ({e}): workers not pinned",
+                bound.addr
+            );
+            return None;
+        }
+    }
+    Some(cpus)
+}
+
+/// Pins the workers of `plan` as it says, or takes any steering a previous
+/// plan attached off its groups (the kernel's hash spreads again).
+fn apply_cpu_plan(cli: &Cli, workers: usize, listeners: &[Bound]) -> Option<Vec<usize>> {
+    let cpus = cpu_plan(cli, workers, listeners);
+    if cpus.is_none() {
+        for bound in listeners.iter().filter(|b| b.sockets.len() > 1) {
+            listen::stop_steering(&bound.sockets[0]);
+        }
+    }
+    cpus
 }
 
 /// Binds every `--listen` address with a socket per worker, reusing the
@@ -750,8 +789,10 @@ impl Supervisor {
         } else {
             bind_all(&cli, &self.plan.listeners, workers)?
         };
+        let cpus = apply_cpu_plan(&cli, workers, &listeners);
         Ok(Plan {
             cli,
+            cpus,
             args,
             workers,
             listeners,
@@ -899,6 +940,13 @@ impl Supervisor {
             .args(plan.args.iter().skip(1))
             .env(worker::CONTROL_ENV, theirs.as_raw_fd().to_string())
             .env(worker::LISTENERS_ENV, listener_fds.join(","))
+            .env(
+                worker::CPU_ENV,
+                plan.cpus
+                    .as_ref()
+                    .and_then(|cpus| cpus.get(slot))
+                    .map_or(String::new(), usize::to_string),
+            )
             .env(
                 worker::METRICS_ENV,
                 format!("{}:{metrics_slot}", self.metrics.fd().as_raw_fd()),

@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use flash_core::{AccessLog, AccessLogHandle, MetricsRegion, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
-use crate::{access, engine_config, fds, locate, process, Cli};
+use crate::{access, affinity, engine_config, fds, locate, process, Cli};
 
 /// Environment variable naming the worker's control socket descriptor; its
 /// presence makes the process a worker.
@@ -37,6 +37,8 @@ pub const CONTROL_ENV: &str = "FLASH_WORKER";
 /// The inherited listening sockets, as a comma-separated descriptor list
 /// (`FD:proxy` for one that expects a PROXY protocol header).
 pub const LISTENERS_ENV: &str = "FLASH_LISTEN_FDS";
+/// The CPU this worker's event loop is pinned to (empty: not pinned).
+pub const CPU_ENV: &str = "FLASH_CPU";
 /// The metrics region's descriptor and this worker's slot in it: `FD:SLOT`.
 pub const METRICS_ENV: &str = "FLASH_METRICS";
 /// The document root when the supervisor chose it (the demo site).
@@ -54,6 +56,7 @@ pub struct Inherited {
     proxied: Vec<usize>,
     root: Option<PathBuf>,
     metrics: Option<(Arc<MetricsRegion>, usize)>,
+    cpu: Option<usize>,
 }
 
 impl Inherited {
@@ -67,7 +70,8 @@ impl Inherited {
         let listeners = std::env::var(LISTENERS_ENV).unwrap_or_default();
         let root = std::env::var_os(ROOT_ENV).map(PathBuf::from);
         let metrics = std::env::var(METRICS_ENV).ok();
-        for name in [CONTROL_ENV, LISTENERS_ENV, ROOT_ENV, METRICS_ENV] {
+        let cpu = std::env::var(CPU_ENV).ok().and_then(|c| c.parse().ok());
+        for name in [CONTROL_ENV, LISTENERS_ENV, ROOT_ENV, METRICS_ENV, CPU_ENV] {
             std::env::remove_var(name);
         }
         let control = UnixStream::from(take_fd(&control.to_string_lossy())?);
@@ -108,6 +112,7 @@ impl Inherited {
             proxied,
             root,
             metrics,
+            cpu,
         }))
     }
 }
@@ -140,6 +145,7 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
         proxied,
         root,
         metrics,
+        cpu,
     } = inherited;
     let (shutdown, shutdown_trigger) = UnixStream::pair()?;
     watch_signals(&shutdown_trigger)?;
@@ -182,6 +188,14 @@ pub fn run(cli: Cli, inherited: Inherited) -> Result<()> {
     spawn_control_reader(control, shutdown_trigger, log_handle)?;
     // Ready once the helpers run. A supervisor that is gone cannot be told;
     // the worker serves anyway until its control socket reports the end.
+    // Only the event loop: the log's writer thread keeps the whole mask, and
+    // helpers (which inherit the pin when respawned) reset theirs at start,
+    // to wait on the disk on any CPU.
+    if let Some(cpu) = cpu {
+        if let Err(e) = affinity::pin_this_thread(cpu) {
+            log::warn!("cannot pin the worker to CPU {cpu}: {e}");
+        }
+    }
     server.notify_when_serving(move || {
         let _ = reporter.write_all(&[READY]);
     });

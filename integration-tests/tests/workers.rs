@@ -75,7 +75,12 @@ fn await_workers(server: &Server, n: usize, not: &HashSet<u32>) -> Vec<u32> {
 #[test]
 fn every_worker_is_an_engine_with_its_own_helpers_and_takes_connections() {
     let root = site("workers-share");
-    let server = Server::start(root.path(), &["--workers", "2", "--helpers", "2"]);
+    // The kernel's hash spreads connections here (no steering by CPU,
+    // which would give all of one client thread's to one worker).
+    let server = Server::start(
+        root.path(),
+        &["--workers", "2", "--helpers", "2", "--cpu-affinity", "off"],
+    );
     let workers = await_workers(&server, 2, &HashSet::new());
     for &pid in &workers {
         assert!(
@@ -117,7 +122,9 @@ fn every_worker_is_an_engine_with_its_own_helpers_and_takes_connections() {
 #[test]
 fn a_killed_worker_is_replaced_and_its_queued_connections_are_served() {
     let root = site("workers-kill");
-    let server = Server::start(root.path(), &["--workers", "2"]);
+    // Hash-spread, so some of the clients' connections go to the victim
+    // whichever CPUs their threads run on.
+    let server = Server::start(root.path(), &["--workers", "2", "--cpu-affinity", "off"]);
     let workers = await_workers(&server, 2, &HashSet::new());
     let victim = workers[0];
     // Frozen, the victim accepts nothing: the connections the kernel hashes
@@ -610,4 +617,98 @@ fn reload_applies_the_edited_file_and_refuses_a_bad_one() {
         now, serving,
         "the workers of the last good configuration keep serving"
     );
+}
+
+/// With one worker per CPU (`--cpu-affinity auto`, the default), each
+/// worker's event loop is pinned to its own CPU, and a connection goes to
+/// the worker on the CPU that handled its first packet: on loopback, the
+/// client's. A client pinned to one CPU is served by that CPU's worker only.
+#[test]
+fn connections_go_to_the_worker_on_their_cpu() {
+    let cpus = cpus_allowed();
+    if cpus.len() != 2 {
+        eprintln!("skipped connections_go_to_the_worker_on_their_cpu: needs exactly 2 CPUs, have {cpus:?}");
+        return;
+    }
+    let root = site("workers-affinity");
+    let server = Server::start(root.path(), &["--workers", "2"]);
+    let workers = await_workers(&server, 2, &HashSet::new());
+    // Each worker's main thread is pinned to one CPU of its own.
+    let pinned: Vec<usize> = workers
+        .iter()
+        .map(|&pid| {
+            let mask = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Cpus_allowed_list:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .unwrap();
+            mask.parse()
+                .unwrap_or_else(|_| panic!("worker {pid} is not pinned: {mask}"))
+        })
+        .collect();
+    assert_eq!(
+        pinned.iter().copied().collect::<HashSet<_>>().len(),
+        2,
+        "{pinned:?}"
+    );
+    for (&worker, &cpu) in workers.iter().zip(&pinned) {
+        // Connect from a thread pinned to that CPU: all land on `worker`.
+        let addr = server.addr;
+        let before: Vec<usize> = workers.iter().map(|&w| sockets_of(w)).collect();
+        let held = std::thread::spawn(move || {
+            pin_this_thread(cpu);
+            (0..20)
+                .map(|_| {
+                    let stream = TcpStream::connect(addr).unwrap();
+                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    (&stream)
+                        .write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+                        .unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    assert_eq!(read_response(&mut reader, false).unwrap().status, 200);
+                    stream
+                })
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap();
+        let taken: Vec<usize> = workers
+            .iter()
+            .zip(&before)
+            .map(|(&w, &b)| sockets_of(w).saturating_sub(b))
+            .collect();
+        let expected: Vec<usize> = workers
+            .iter()
+            .map(|&w| if w == worker { 20 } else { 0 })
+            .collect();
+        assert_eq!(
+            taken, expected,
+            "client on CPU {cpu}: connections per worker {workers:?}"
+        );
+        drop(held);
+    }
+}
+
+fn cpus_allowed() -> Vec<usize> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    // SAFETY: each `cpu` is below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+fn pin_this_thread(cpu: usize) {
+    // SAFETY: as in `cpus_allowed`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(rc, 0, "pin the client thread to CPU {cpu}");
 }
