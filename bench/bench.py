@@ -405,7 +405,11 @@ def make_nginx(tmp: str, docroot: str, cpu: str, name: str = "nginx", workers: i
     else:
         # root runs the workers as root too (`user` is ignored otherwise):
         # the docroot is in a 0700 temp dir.
+        # worker_cpu_affinity auto: nginx pins its workers as flash's
+        # --cpu-affinity auto does (nginx has no steering of connections
+        # by CPU: its reuseport sockets are spread by the kernel's hash).
         process_lines = f"worker_processes {workers};\nmaster_process on;" + (
+            "\nworker_cpu_affinity auto;" if workers > 1 else "") + (
             "\nuser root root;" if os.geteuid() == 0 else "")
     with open(conf, "w") as f:
         f.write(
