@@ -808,7 +808,7 @@ impl Supervisor {
         self.generation = reload.generation;
         self.plan = reload.plan;
         self.restarts.clear();
-        let stop_at = Instant::now() + self.plan.cli.shutdown_timeout + STOP_GRACE;
+        let stop_at = after(self.plan.cli.shutdown_timeout.saturating_add(STOP_GRACE));
         for w in self.workers.iter_mut().filter(|w| w.generation == old) {
             w.tell(worker::STOP);
             w.phase = Phase::Stopping(stop_at);
@@ -842,7 +842,7 @@ impl Supervisor {
     fn begin_stop(&mut self) {
         info!("stopping: workers finish the responses in flight");
         self.notifier.stopping();
-        let stop_at = Instant::now() + self.plan.cli.shutdown_timeout + STOP_GRACE;
+        let stop_at = after(self.plan.cli.shutdown_timeout.saturating_add(STOP_GRACE));
         self.stopping = Some(stop_at);
         self.update_health();
         self.reload = None;
@@ -985,7 +985,7 @@ impl Supervisor {
             pid,
             killable,
             control: ours,
-            phase: Phase::Starting(Instant::now() + start_timeout),
+            phase: Phase::Starting(after(start_timeout)),
             started: Instant::now(),
         });
         Ok(())
@@ -1037,6 +1037,12 @@ fn watch_worker(
         })
         .context("cannot start a worker watcher thread")?;
     Ok(())
+}
+
+/// The instant `wait` from now, the wait capped as the engine caps its
+/// timeouts (`--helper-timeout 100y` must not overflow the clock).
+fn after(wait: Duration) -> Instant {
+    Instant::now() + wait.min(flash_core::config::MAX_TIMEOUT)
 }
 
 fn describe(status: ExitStatus) -> String {
