@@ -534,15 +534,36 @@ fn a_reload_whose_workers_cannot_serve_is_abandoned() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    let root = site("workers-abandon");
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let server = Server::start(root.path(), &["--workers", "2", "--user", "nobody"]);
+    let open = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // The root inside a directory whose permissions the test changes.
+    let parent = TempDir::new("workers-abandon");
+    open(parent.path(), 0o755);
+    let root = parent.path().join("site");
+    std::fs::create_dir(&root).unwrap();
+    open(&root, 0o755);
+    std::fs::write(root.join("a.txt"), BODY).unwrap();
+    // No path cache: every request is resolved by a helper, in its open root.
+    let server = Server::start(
+        &root,
+        &[
+            "--workers",
+            "2",
+            "--user",
+            "nobody",
+            "--path-cache-entries",
+            "0",
+        ],
+    );
     let workers: HashSet<u32> = await_workers(&server, 2, &HashSet::new())
         .into_iter()
         .collect();
     assert_eq!(fetch(server.addr).unwrap(), BODY.as_bytes());
-    // Root can still read it (so the supervisor's checks pass); nobody cannot.
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Root can still reach it (so the supervisor's checks pass); nobody
+    // cannot, by its path. The running workers' helpers hold the root open
+    // and do not need the path.
+    open(parent.path(), 0o700);
     signal(server.pid(), libc::SIGHUP);
     assert!(
         server.await_stderr("reload abandoned", 1, IO_TIMEOUT),
@@ -550,7 +571,7 @@ fn a_reload_whose_workers_cannot_serve_is_abandoned() {
         server.stderr_so_far()
     );
     assert!(server.stderr_so_far().contains("is not readable"));
-    // The old workers hold the root open: they still serve.
+    // The old workers still serve.
     assert_eq!(fetch(server.addr).unwrap(), BODY.as_bytes());
     let now: HashSet<u32> = await_workers(&server, 2, &HashSet::new())
         .into_iter()
