@@ -230,7 +230,10 @@ for dir in /usr /etc /var /boot /opt /srv; do
     mount --bind "$dir" "$dir"
     mount -o remount,bind,ro "$dir"
 done
+# (A bind of a directory under a read-only mount is read-only too: make it
+# writable again, as LogsDirectory= is.)
 mount --bind /var/log/flash /var/log/flash
+mount -o remount,bind,rw /var/log/flash
 # ProtectHome=yes: home directories empty and read-only.
 for dir in /home /root /run/user; do
     [ -d "$dir" ] && mount -t tmpfs -o ro,mode=755 tmpfs "$dir"
@@ -287,6 +290,9 @@ notify_pid=$!
 await 10 test -S "$notify_socket" || fail "the notification socket stand-in did not start"
 # How many times the server (pid $1) sent $2.
 notified() { grep -c "^$1 $2\$" "$work/notify.log" || true; }
+# Whether pid $1 has sent $2 exactly $3 times (for `await`, which runs a
+# command again and again: a "$(...)" in its arguments would be expanded once).
+notified_times() { [ "$(notified "$1" "$2")" = "$3" ]; }
 
 step "ExecStart as $user:$group, sandboxed, in network namespace $netns: ${start_cmd[*]}"
 NOTIFY_SOCKET=$notify_socket "${as_unit[@]}" "${start_cmd[@]}" >"$work/server.log" 2>&1 &
@@ -305,6 +311,9 @@ if [ -e /proc/net/if_inet6 ]; then
     fetch 'http://[::1]:80/' || fail "no answer on [::1]:80"
     cmp -s "$work/body" /var/www/flash/index.html || fail "GET / over IPv6 did not return the page"
 fi
+# The packaged configuration keeps an access log in the unit's LogsDirectory.
+await 10 grep -q '"GET / HTTP/1.1" 200 ' /var/log/flash/access.log ||
+    fail "no access log line for GET / in /var/log/flash/access.log"
 
 # The process is the server itself (each wrapper exec-ed it), with the
 # unit's identity and privileges; its helpers likewise.
@@ -335,10 +344,10 @@ done
 
 if [ -n "$post_merge" ]; then
     step "sd_notify: READY=1 from the main process; SIGHUP: RELOADING=1, then READY=1 again"
-    await 10 test "$(notified "$server_pid" READY=1)" = 1 || fail "no READY=1 from pid $server_pid"
+    await 10 notified_times "$server_pid" READY=1 1 || fail "no READY=1 from pid $server_pid"
     kill -HUP "$server_pid"
-    await 10 test "$(notified "$server_pid" RELOADING=1)" = 1 || fail "no RELOADING=1 after SIGHUP"
-    await 10 test "$(notified "$server_pid" READY=1)" = 2 || fail "no READY=1 after the reload"
+    await 10 notified_times "$server_pid" RELOADING=1 1 || fail "no RELOADING=1 after SIGHUP"
+    await 10 notified_times "$server_pid" READY=1 2 || fail "no READY=1 after the reload"
     fetch http://127.0.0.1:80/ && [ "$(cat "$work/code")" = 200 ] || fail "not serving after the reload"
 fi
 
