@@ -237,24 +237,25 @@ impl SendProgress {
     }
 }
 
-/// What the access log needs of the response in progress (kept only when
-/// the server has an access log).
+/// The response in progress, from its head being built to its last byte
+/// handed to the kernel (or the connection's close before): what the
+/// metrics count and the access log writes, once, at its end.
 #[derive(Clone, Copy, Debug)]
-struct ResponseLog {
-    /// A response was begun and not yet logged.
-    pending: bool,
+struct Answer {
+    status: u16,
+    method: MethodClass,
+    /// When the request's first byte was read.
+    began_at: Instant,
     /// Where its request head starts in the read buffer (it stays there
     /// until the response ends), and whether there is one (a 408 for a
     /// request body that never came has none).
     head_at: usize,
     has_request: bool,
-    status: u16,
-    /// Length of the response head: bytes sent beyond it are body bytes.
+    /// Length of the response head: bytes sent beyond it are body bytes
+    /// (measured only for the access log).
     head_len: usize,
     /// Bytes of the response handed to the kernel.
     sent: u64,
-    /// When the request's first byte was read.
-    start: Instant,
 }
 
 pub struct Connection {
@@ -296,12 +297,10 @@ pub struct Connection {
     has_served: bool,
     /// When the first byte of the current request head was read.
     request_began_at: Instant,
-    log: ResponseLog,
-    /// Status of the response being sent (0: none), counted when it ends.
-    status: u16,
-    /// Method of the request being answered, and when its head was complete.
+    /// Method of the request being answered.
     method: MethodClass,
-    request_at: Instant,
+    /// The response in progress, if one was begun.
+    answer: Option<Answer>,
 }
 
 /// How readily a connection is closed to make room for a new client:
@@ -348,28 +347,8 @@ impl Connection {
             last_active: now,
             has_served: false,
             request_began_at: now,
-            log: ResponseLog {
-                pending: false,
-                head_at: 0,
-                has_request: false,
-                status: 0,
-                head_len: 0,
-                sent: 0,
-                start: now,
-            },
-            status: 0,
             method: MethodClass::Other,
-            request_at: now,
-        }
-    }
-
-    /// Counts the response in progress, if any: when it is complete, or
-    /// when the connection closes before it finished (cut off, reset,
-    /// shutdown), so every response built is counted once.
-    pub fn count_response(&self, ctx: &Ctx) {
-        if self.status != 0 {
-            let duration = ctx.now.saturating_duration_since(self.request_at);
-            ctx.metrics.request_done(self.status, self.method, duration);
+            answer: None,
         }
     }
 
@@ -500,7 +479,6 @@ impl Connection {
         {
             debug!("request head or body timeout");
             self.method = MethodClass::Other;
-            self.request_at = ctx.now;
             self.respond_fatal(ctx, Status::REQUEST_TIMEOUT);
             // The 408 gets the linger time to leave, not a full send timeout.
             self.progress = SendProgress::new(ctx.now, ctx.config.send_timeout.min(LINGER));
@@ -731,7 +709,6 @@ impl Connection {
         // The stream cannot be resynchronised: answer, then close (the
         // head is logged from where it starts, so that is kept first).
         self.method = MethodClass::Other;
-        self.request_at = ctx.now;
         self.respond_fatal(ctx, error.status());
         self.read_start = self.read_end;
         Step::Continue
@@ -746,7 +723,6 @@ impl Connection {
             Method::Options => MethodClass::Options,
             Method::NotAllowed => MethodClass::Other,
         };
-        self.request_at = ctx.now;
         match req.method {
             Method::Get | Method::Head
                 if ctx.config.hidden == HiddenFiles::Deny && is_hidden(&req.path) =>
@@ -870,7 +846,6 @@ impl Connection {
         extra: ErrorExtra<'_>,
         head_only: bool,
     ) {
-        self.status = status.0;
         let date = ctx.date.get(ctx.wall);
         write_error_response(
             &mut self.write_buf,
@@ -880,7 +855,7 @@ impl Connection {
             extra,
             head_only,
         );
-        self.log_begin(ctx, status);
+        self.begin_answer(ctx, status);
         self.start_sending(ctx);
     }
 
@@ -977,7 +952,6 @@ impl Connection {
             )),
             _ => None,
         };
-        self.status = status.0;
         let date = ctx.date.get(ctx.wall);
         // The plain 200 keep-alive head is the hot one: built once per file.
         let cacheable = ctx.config.header_cache && self.keep_alive && selection == Selection::Full;
@@ -1013,7 +987,7 @@ impl Connection {
                 file.cache_head(ctype, &self.write_buf[start..]);
             }
         }
-        self.log_begin(ctx, status);
+        self.begin_answer(ctx, status);
         if req.method == Method::Head || status == Status::NOT_MODIFIED {
             return;
         }
@@ -1032,47 +1006,58 @@ impl Connection {
         }
     }
 
-    // ---- access log ----------------------------------------------------
+    // ---- metrics and access log ----------------------------------------
 
     /// A response with `status` was built into the write buffer. The
     /// request head is found again when the line is written (the buffer
     /// may be lent out now); a replacement (a 503 for a body that could not
     /// be read from the disk) only changes the status.
-    fn log_begin(&mut self, ctx: &Ctx, status: Status) {
-        if ctx.access_log.is_none() {
-            return;
+    fn begin_answer(&mut self, ctx: &Ctx, status: Status) {
+        let head_len = match ctx.access_log {
+            Some(_) => self
+                .write_buf
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(self.write_buf.len(), |i| i + 4),
+            None => 0,
+        };
+        match &mut self.answer {
+            Some(answer) => {
+                answer.status = status.0;
+                answer.head_len = head_len;
+            }
+            None => {
+                self.answer = Some(Answer {
+                    status: status.0,
+                    method: self.method,
+                    began_at: self.request_began_at,
+                    head_at: self.read_start,
+                    has_request: self.discard == 0 && self.read_start < self.read_end,
+                    head_len,
+                    sent: 0,
+                })
+            }
         }
-        let log = &mut self.log;
-        if !log.pending {
-            log.pending = true;
-            log.head_at = self.read_start;
-            log.has_request = self.discard == 0 && self.read_start < self.read_end;
-            log.sent = 0;
-            log.start = self.request_began_at;
-        }
-        log.status = status.0;
-        log.head_len = self
-            .write_buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(self.write_buf.len(), |i| i + 4);
     }
 
-    /// Writes the access log line of the response begun, if any: when its
-    /// last byte was handed to the kernel, or when the connection closes
-    /// before (then with the bytes that left).
-    pub fn log_end(&mut self, ctx: &mut Ctx) {
-        if !mem::take(&mut self.log.pending) {
+    /// Counts the response begun, if any, and writes its access log line:
+    /// when its last byte was handed to the kernel, or when the connection
+    /// closes before (cut off, reset, shutdown; then with the bytes that
+    /// left), so every response built is counted and logged once.
+    pub fn end_answer(&mut self, ctx: &mut Ctx) {
+        let Some(answer) = self.answer.take() else {
             return;
-        }
+        };
+        let duration = ctx.now.saturating_duration_since(answer.began_at);
+        ctx.metrics
+            .request_done(answer.status, answer.method, duration);
         let Some(access_log) = ctx.access_log.as_mut() else {
             return;
         };
-        let log = self.log;
-        let head = match log.has_request {
+        let head = match answer.has_request {
             true => self
                 .read_buf
-                .get(log.head_at..self.read_end)
+                .get(answer.head_at..self.read_end)
                 .unwrap_or_default(),
             false => &[],
         };
@@ -1081,12 +1066,12 @@ impl Connection {
         let entry = Entry {
             client: self.client,
             request_line: span(spans.line),
-            status: log.status,
-            body_bytes: log.sent.saturating_sub(log.head_len as u64),
-            total_bytes: log.sent,
+            status: answer.status,
+            body_bytes: answer.sent.saturating_sub(answer.head_len as u64),
+            total_bytes: answer.sent,
             referer: spans.referer.map(span),
             user_agent: spans.user_agent.map(span),
-            duration: ctx.now.saturating_duration_since(log.start),
+            duration,
         };
         access_log.record(&entry, ctx.wall);
     }
@@ -1201,7 +1186,9 @@ impl Connection {
     fn after_write(&mut self, ctx: &mut Ctx, result: io::Result<usize>) -> Step {
         match result {
             Ok(n) => {
-                self.log.sent += n as u64;
+                if let Some(answer) = &mut self.answer {
+                    answer.sent += n as u64;
+                }
                 ctx.metrics.add_sent_bytes(n as u64);
                 self.response_started = true;
                 self.progress.wrote(ctx.now);
@@ -1237,9 +1224,7 @@ impl Connection {
     }
 
     fn finish_response(&mut self, ctx: &mut Ctx) -> Step {
-        self.log_end(ctx);
-        self.count_response(ctx);
-        self.status = 0;
+        self.end_answer(ctx);
         // A timeout from here on judges the drain of what the kernel still
         // holds with a window of its own.
         self.progress.window = None;

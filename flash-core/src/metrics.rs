@@ -351,7 +351,7 @@ impl Snapshot {
             out,
             name,
             "histogram",
-            "Time from a complete request head to the last byte of its response.",
+            "Time from the first byte of a request to the last byte of its response.",
         );
         let mut cumulative = 0;
         for (i, count) in self.duration_buckets.iter().enumerate() {
@@ -750,7 +750,7 @@ impl WorkerMetrics {
     }
 
     /// One response finished (or was abandoned): its status, method and
-    /// duration (from the complete request head to the last byte).
+    /// duration (from the first byte of the request to the last byte of the response).
     pub fn request_done(&self, status: u16, method: MethodClass, duration: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests_by_class[class].fetch_add(1, Relaxed);

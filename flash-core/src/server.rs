@@ -781,9 +781,8 @@ impl Server {
     fn close(&mut self, idx: usize) {
         if let Some(mut conn) = self.conns.try_remove(idx) {
             reactor::deregister(&self.ctx.poller, conn.socket().as_fd());
-            // A response cut short is logged with the bytes that left.
-            conn.log_end(&mut self.ctx);
-            conn.count_response(&self.ctx);
+            // A response cut short is counted and logged with the bytes that left.
+            conn.end_answer(&mut self.ctx);
         }
     }
 
