@@ -289,7 +289,6 @@ impl HelperPool {
             .count()
     }
 
-    /// Process ids of the running helpers.
     /// Whether every helper has started (said Hello) and none is down: the
     /// pool can serve. A helper that cannot start (its user cannot read the
     /// root, its binary is wrong) keeps this false.
@@ -299,6 +298,7 @@ impl HelperPool {
             .all(|s| matches!(s.state, SlotState::Idle | SlotState::Busy { .. }))
     }
 
+    /// Process ids of the running helpers.
     pub fn pids(&self) -> Vec<u32> {
         self.slots
             .iter()

@@ -208,7 +208,7 @@ pub struct Supervisor {
     /// What `/healthz` reports.
     health: Arc<Health>,
     /// Signals that came while the first workers started.
-    deferred: Vec<Event>,
+    deferred: Vec<i32>,
 }
 
 /// What `/healthz` answers from: healthy while a worker serves and the
@@ -504,8 +504,13 @@ impl Supervisor {
                     self.stop_all_now();
                     bail!("stopped by signal {signal} during startup");
                 }
-                // Acted on once the server runs.
-                other => self.deferred.push(other),
+                // Acted on once the server runs; each signal once, however
+                // often it came.
+                Event::Signal(signal) => {
+                    if !self.deferred.contains(&signal) {
+                        self.deferred.push(signal);
+                    }
+                }
             }
         }
         Ok(())
@@ -513,8 +518,8 @@ impl Supervisor {
 
     /// The loop after startup; returns when every worker has stopped.
     fn supervise(mut self) -> Result<()> {
-        for event in std::mem::take(&mut self.deferred) {
-            self.handle(event);
+        for signal in std::mem::take(&mut self.deferred) {
+            self.handle(Event::Signal(signal));
         }
         loop {
             if self.stopping.is_some() && self.workers.is_empty() {
