@@ -86,21 +86,8 @@ pub fn steer_by_cpu(socket: &TcpListener, count: usize) -> io::Result<()> {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
     };
-    // SAFETY: `fprog` points at `program`, both alive for the call, and its
-    // size is passed; the kernel copies the program.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            std::ptr::from_ref(&fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // The kernel copies the program (`fprog` points at it, alive meanwhile).
+    set_socket_option(socket, SO_ATTACH_REUSEPORT_CBPF, &fprog)
 }
 
 /// Takes `steer_by_cpu`'s program off the group of `socket` (none
@@ -108,17 +95,29 @@ pub fn steer_by_cpu(socket: &TcpListener, count: usize) -> io::Result<()> {
 pub fn stop_steering(socket: &TcpListener) {
     /// `SO_DETACH_REUSEPORT_BPF` (Linux 5.8+; asm-generic/socket.h).
     const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
-    let unused: libc::c_int = 0;
-    // SAFETY: the option takes no value; a live int and its size are passed.
-    unsafe {
+    // It takes no value (an int is passed); failing changes nothing.
+    let _ = set_socket_option(socket, SO_DETACH_REUSEPORT_BPF, &0 as &libc::c_int);
+}
+
+/// `setsockopt(socket, SOL_SOCKET, name, value)` with a value of type `T`,
+/// for the options socket2 has no call for.
+fn set_socket_option<T>(socket: &TcpListener, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` and its exact size is passed; the
+    // descriptor is owned by `socket`, alive for the call. The caller
+    // passes the type the option `name` expects.
+    let rc = unsafe {
         libc::setsockopt(
             std::os::fd::AsRawFd::as_raw_fd(socket),
             libc::SOL_SOCKET,
-            SO_DETACH_REUSEPORT_BPF,
-            std::ptr::from_ref(&unused).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Fails with "address in use" if anything listens on `addr`: a group
