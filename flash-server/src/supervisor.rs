@@ -501,8 +501,11 @@ impl Supervisor {
                     bail!("a worker exited during startup ({})", describe(status));
                 }
                 Event::Signal(signal) if signal == SIGINT || signal == SIGTERM => {
-                    self.stop_all_now();
-                    bail!("stopped by signal {signal} during startup");
+                    // A stop asked for while starting is a stop like any
+                    // other: graceful (a worker that serves already may have
+                    // taken connections), exit 0. The loop does it.
+                    self.deferred.push(signal);
+                    return Ok(());
                 }
                 // Acted on once the server runs; each signal once, however
                 // often it came.

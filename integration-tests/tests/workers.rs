@@ -733,3 +733,63 @@ fn pin_this_thread(cpu: usize) {
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     assert_eq!(rc, 0, "pin the client thread to CPU {cpu}");
 }
+
+/// SIGTERM while the first workers are still starting (here: never, their
+/// helper exits before saying hello) is a stop like any other: graceful,
+/// exit 0 (it was an error exit, which a service manager reports as a
+/// failed stop).
+#[test]
+fn a_stop_during_startup_is_graceful() {
+    let root = site("workers-stop-at-start");
+    let mut child = Command::new(binary("flash-server"))
+        .arg(root.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--helper-path",
+            "/bin/true",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, line_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if lines.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    // Starting: a helper failed to start (and will be retried).
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("failed to start")) {
+        seen.push(
+            line_rx
+                .recv_timeout(IO_TIMEOUT)
+                .expect("a helper start failure"),
+        );
+    }
+    signal(child.id(), libc::SIGTERM);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("still running after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    seen.extend(line_rx.try_iter());
+    assert!(status.success(), "{status}: {seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.contains("all workers stopped")),
+        "{seen:#?}"
+    );
+}
